@@ -1,0 +1,79 @@
+// Turns a KindDefinition into a CustomResourceDefinition object (apiextensions.k8s.io/v1).
+import { GROUP, VERSION, type KindDefinition } from './common.ts';
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** TypeBox emits JSON Schema; keep only what a structural OpenAPI v3 CRD schema accepts. */
+export function toStructural(schema: unknown): Json {
+  const plain = JSON.parse(JSON.stringify(schema)) as Json;
+  const walk = (node: Json): Json => {
+    if (Array.isArray(node)) return node.map(walk);
+    if (node === null || typeof node !== 'object') return node;
+    const out: { [key: string]: Json } = {};
+    for (const [key, value] of Object.entries(node)) {
+      if (key === '$id' || key === '$schema') continue;
+      if (key === 'additionalProperties' && value === false) continue;
+      if (key === 'required' && Array.isArray(value) && value.length === 0) continue;
+      out[key] = walk(value);
+    }
+    return out;
+  };
+  return walk(plain);
+}
+
+export function crdName(def: KindDefinition): string {
+  return `${def.plural}.${GROUP}`;
+}
+
+export function buildCrd(def: KindDefinition): Record<string, unknown> {
+  const rootValidations =
+    def.rules && def.rules.length > 0 ? { 'x-kubernetes-validations': def.rules as unknown as Json } : {};
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: {
+      name: crdName(def),
+      labels: { 'app.kubernetes.io/name': 'gpugate', 'app.kubernetes.io/part-of': 'gpugate' },
+    },
+    spec: {
+      group: GROUP,
+      names: {
+        kind: def.kind,
+        listKind: `${def.kind}List`,
+        plural: def.plural,
+        singular: def.singular,
+        shortNames: def.shortNames,
+        categories: ['gpugate'],
+      },
+      scope: 'Namespaced',
+      versions: [
+        {
+          name: VERSION,
+          served: true,
+          storage: true,
+          subresources: { status: {} },
+          additionalPrinterColumns: def.printerColumns as unknown as Json,
+          schema: {
+            openAPIV3Schema: {
+              type: 'object',
+              description: def.description,
+              required: ['spec'],
+              properties: {
+                apiVersion: {
+                  type: 'string',
+                  description:
+                    'APIVersion defines the versioned schema of this representation of an object; gpugate.io/v1alpha1.',
+                },
+                kind: { type: 'string', description: `Kind is the type of this object; ${def.kind}.` },
+                metadata: { type: 'object' },
+                spec: toStructural(def.spec),
+                status: toStructural(def.status),
+              },
+              ...rootValidations,
+            },
+          },
+        },
+      ],
+    },
+  };
+}

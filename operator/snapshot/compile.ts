@@ -1,0 +1,436 @@
+// compileSnapshot: a pure function from custom resources (+ Secrets, + discovered endpoints) to the
+// data plane's snapshot. Used by the operator and by standalone mode alike. Nothing here throws on
+// bad input: every object that cannot be compiled becomes an ObjectProblem (later a status
+// condition) and is left out of the snapshot, so no object is ever dropped without saying why.
+import type { TSchema } from 'typebox';
+import { Value } from 'typebox/value';
+import {
+  ApiKeySpec,
+  GENERATED_SECRET_KEY,
+  GpuBackendSpec,
+  TenantSpec,
+  generatedSecretName,
+  parseDurationMs,
+  type ApiKey,
+  type GpuBackend,
+  type SecretKeyRef,
+  type Tenant,
+} from '../api/v1alpha1/index.ts';
+import { SNAPSHOT_SCHEMA_VERSION, type Snapshot } from '../../dataplane/config/snapshot.ts';
+import type * as S from '../../dataplane/config/snapshot.ts';
+import { contentRevision, sha256Hex } from '../../dataplane/config/revision.ts';
+import { checkKeyShape, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
+
+/** A Secret's data, already decoded from base64. */
+export interface SecretData {
+  namespace: string;
+  name: string;
+  data: Record<string, string>;
+}
+
+/** Endpoints the operator found for a backend: pods of its Deployment, registrations, gateways. */
+export interface DiscoveredEndpoint {
+  url: string;
+  ready: boolean;
+  source: 'pod' | 'registered' | 'gateway';
+  weight?: number;
+}
+
+export interface CompileInput {
+  gpuBackends: GpuBackend[];
+  tenants: Tenant[];
+  apiKeys: ApiKey[];
+  secrets: SecretData[];
+  /** Keyed by backend id (namespace/name). */
+  discoveredEndpoints?: Record<string, DiscoveredEndpoint[]>;
+  settings: { replicas: number; exposeBackendHeader?: boolean; maxJsonPeekBytes?: number };
+  now: Date;
+}
+
+export type ProblemReason =
+  | 'InvalidSpec'
+  | 'TenantNotFound'
+  | 'BackendNotFound'
+  | 'SecretNotFound'
+  | 'SecretKeyNotFound'
+  | 'InvalidKey'
+  | 'DuplicateKey';
+
+export interface ObjectProblem {
+  kind: 'GpuBackend' | 'Tenant' | 'ApiKey';
+  namespace: string;
+  name: string;
+  reason: ProblemReason;
+  message: string;
+  /** True when the object was left out of the snapshot; false when it is in, without the broken part. */
+  excluded: boolean;
+}
+
+export interface CompileResult {
+  snapshot: Snapshot;
+  problems: ObjectProblem[];
+}
+
+export const DEFAULT_SETTINGS = { exposeBackendHeader: true, maxJsonPeekBytes: 1024 * 1024 } as const;
+const DEFAULT_ROUTES: NonNullable<Spec<GpuBackend>['routes']> = [{ pathPrefix: '/v1/', public: false }];
+
+type Spec<T> = T extends { spec: infer U } ? U : never;
+
+export function objectId(meta: { namespace?: string; name: string }): string {
+  return `${meta.namespace ?? 'default'}/${meta.name}`;
+}
+
+/** Applies the schema's defaults (as the API server would) to a copy, then checks it. */
+function defaulted<T>(
+  schema: TSchema,
+  value: unknown,
+): { ok: true; value: T } | { ok: false; message: string } {
+  const copy = Value.Default(schema, Value.Clone(value ?? {}));
+  if (Value.Check(schema, copy)) return { ok: true, value: copy as T };
+  const first = Value.Errors(schema, copy)[0];
+  const where = first?.instancePath ? `spec${first.instancePath.replaceAll('/', '.')}` : 'spec';
+  return { ok: false, message: `${where}: ${first?.message ?? 'does not match the schema'}` };
+}
+
+/** Sub-schema of an object schema by property name (to default optional nested objects). */
+function prop(schema: TSchema, name: string): TSchema {
+  return (schema as unknown as { properties: Record<string, TSchema> }).properties[name]!;
+}
+
+function sortById<T extends { id: string }>(items: T[]): T[] {
+  return items.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+export function compileSnapshot(input: CompileInput): CompileResult {
+  const problems: ObjectProblem[] = [];
+  const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s.data]));
+  const readSecret = (
+    namespace: string,
+    ref: SecretKeyRef,
+  ): { ok: true; value: string } | { ok: false; reason: ProblemReason; message: string } => {
+    const data = secrets.get(`${namespace}/${ref.name}`);
+    if (!data)
+      return { ok: false, reason: 'SecretNotFound', message: `Secret ${namespace}/${ref.name} not found` };
+    const value = data[ref.key];
+    if (value === undefined || value === '') {
+      return {
+        ok: false,
+        reason: 'SecretKeyNotFound',
+        message: `Secret ${namespace}/${ref.name} has no key ${JSON.stringify(ref.key)}`,
+      };
+    }
+    return { ok: true, value };
+  };
+
+  const backends = compileBackends(input, readSecret, problems);
+  const backendIds = new Set(backends.map((b) => b.id));
+  const tenants = compileTenants(input, backendIds, readSecret, problems);
+  const tenantIds = new Set(tenants.map((t) => t.id));
+  const keys = compileKeys(input, tenantIds, readSecret, problems);
+
+  const body = {
+    schemaVersion: SNAPSHOT_SCHEMA_VERSION,
+    settings: {
+      replicas: Math.max(1, Math.floor(input.settings.replicas)),
+      exposeBackendHeader: input.settings.exposeBackendHeader ?? DEFAULT_SETTINGS.exposeBackendHeader,
+      maxJsonPeekBytes: input.settings.maxJsonPeekBytes ?? DEFAULT_SETTINGS.maxJsonPeekBytes,
+    },
+    backends,
+    tenants,
+    keys,
+  };
+  const snapshot: Snapshot = {
+    ...body,
+    revision: contentRevision(body),
+    generatedAt: input.now.toISOString(),
+  };
+  problems.sort((a, b) =>
+    `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`),
+  );
+  return { snapshot, problems };
+}
+
+type ReadSecret = (
+  namespace: string,
+  ref: SecretKeyRef,
+) => { ok: true; value: string } | { ok: false; reason: ProblemReason; message: string };
+
+function compileBackends(
+  input: CompileInput,
+  readSecret: ReadSecret,
+  problems: ObjectProblem[],
+): S.Backend[] {
+  const out: S.Backend[] = [];
+  for (const obj of input.gpuBackends) {
+    const namespace = obj.metadata.namespace ?? 'default';
+    const id = objectId(obj.metadata);
+    const problem = (reason: ProblemReason, message: string) =>
+      problems.push({
+        kind: 'GpuBackend',
+        namespace,
+        name: obj.metadata.name,
+        reason,
+        message,
+        excluded: true,
+      });
+    const spec = defaulted<Spec<GpuBackend>>(GpuBackendSpec, obj.spec);
+    if (!spec.ok) {
+      problem('InvalidSpec', spec.message);
+      continue;
+    }
+    const s = spec.value;
+    let upstreamAuth: S.Backend['upstreamAuth'] = null;
+    if (s.upstreamAuth) {
+      const auth = Value.Default(
+        prop(GpuBackendSpec, 'upstreamAuth'),
+        Value.Clone(s.upstreamAuth),
+      ) as NonNullable<Spec<GpuBackend>['upstreamAuth']>;
+      const secret = readSecret(namespace, auth.secretRef);
+      if (!secret.ok) {
+        problem(secret.reason, `upstreamAuth: ${secret.message}`);
+        continue;
+      }
+      upstreamAuth = {
+        header: auth.header,
+        value: auth.scheme ? `${auth.scheme} ${secret.value}` : secret.value,
+      };
+    }
+    let registration: S.Backend['registration'] = null;
+    if (s.registration) {
+      const secret = readSecret(namespace, s.registration.secretRef);
+      if (!secret.ok) {
+        problem(secret.reason, `registration: ${secret.message}`);
+        continue;
+      }
+      registration = { secretSha256: sha256Hex(secret.value), ttlMs: parseDurationMs(s.registration.ttl) };
+    }
+
+    const balancing = Value.Default(
+      prop(GpuBackendSpec, 'balancing'),
+      Value.Clone(s.balancing ?? {}),
+    ) as NonNullable<Spec<GpuBackend>['balancing']>;
+    const health = Value.Default(
+      prop(GpuBackendSpec, 'healthCheck'),
+      Value.Clone(s.healthCheck ?? {}),
+    ) as NonNullable<Spec<GpuBackend>['healthCheck']>;
+    const retries = Value.Default(
+      prop(GpuBackendSpec, 'retries'),
+      Value.Clone(s.retries ?? {}),
+    ) as NonNullable<Spec<GpuBackend>['retries']>;
+    const timeouts = Value.Default(
+      prop(GpuBackendSpec, 'timeouts'),
+      Value.Clone(s.timeouts ?? {}),
+    ) as NonNullable<Spec<GpuBackend>['timeouts']>;
+    const pricing = Value.Default(
+      prop(GpuBackendSpec, 'pricing'),
+      Value.Clone(s.pricing ?? {}),
+    ) as NonNullable<Spec<GpuBackend>['pricing']>;
+
+    const endpoints = new Map<string, S.Endpoint>();
+    for (const e of s.endpoints ?? []) {
+      endpoints.set(e.url, { id: e.url, url: e.url, weight: e.weight, source: 'static', ready: !e.disabled });
+    }
+    for (const e of input.discoveredEndpoints?.[id] ?? []) {
+      if (endpoints.has(e.url)) continue;
+      endpoints.set(e.url, {
+        id: e.url,
+        url: e.url,
+        weight: e.weight ?? 1,
+        source: e.source,
+        ready: e.ready,
+      });
+    }
+
+    out.push({
+      id,
+      protocol: s.protocol,
+      models: [...(s.models ?? ['*'])].sort(),
+      routes: (s.routes ?? DEFAULT_ROUTES)
+        .map((r) => ({
+          pathPrefix: r.pathPrefix,
+          methods: [...(r.methods ?? [])].sort(),
+          public: r.public,
+          ...(r.cost === undefined ? {} : { cost: r.cost }),
+        }))
+        .sort((a, b) => a.pathPrefix.localeCompare(b.pathPrefix)),
+      endpoints: sortById([...endpoints.values()]),
+      balancing: {
+        policy: balancing.policy,
+        maxInflightPerEndpoint: balancing.maxInflightPerEndpoint,
+        maxQueue: balancing.maxQueue,
+        queueTimeoutMs: parseDurationMs(balancing.queueTimeout),
+        metricsPath: balancing.metricsPath,
+      },
+      healthCheck: health.disabled
+        ? null
+        : {
+            path: health.path,
+            intervalMs: parseDurationMs(health.interval),
+            timeoutMs: parseDurationMs(health.timeout),
+            healthyThreshold: health.healthyThreshold,
+            unhealthyThreshold: health.unhealthyThreshold,
+          },
+      retries: { attempts: retries.attempts, retryOnStatus: [...retries.retryOnStatus].sort() },
+      timeouts: {
+        connectMs: parseDurationMs(timeouts.connect),
+        firstByteMs: parseDurationMs(timeouts.firstByte),
+        totalMs: parseDurationMs(timeouts.total),
+      },
+      maxRequestBytes: s.maxRequestBytes,
+      pricing: {
+        perRequest: pricing.perRequest,
+        perInputToken: pricing.perInputToken,
+        perOutputToken: pricing.perOutputToken,
+      },
+      asyncTasks: s.asyncTasks
+        ? {
+            submitPathPrefix: s.asyncTasks.submitPathPrefix,
+            taskIdField: s.asyncTasks.taskIdField,
+            taskPaths: [...s.asyncTasks.taskPaths],
+            ttlMs: parseDurationMs(s.asyncTasks.ttl),
+          }
+        : null,
+      upstreamAuth,
+      registration,
+    });
+  }
+  return sortById(out);
+}
+
+function compileTenants(
+  input: CompileInput,
+  backendIds: Set<string>,
+  readSecret: ReadSecret,
+  problems: ObjectProblem[],
+): S.Tenant[] {
+  const out: S.Tenant[] = [];
+  for (const obj of input.tenants) {
+    const namespace = obj.metadata.namespace ?? 'default';
+    const problem = (reason: ProblemReason, message: string, excluded: boolean) =>
+      problems.push({ kind: 'Tenant', namespace, name: obj.metadata.name, reason, message, excluded });
+    const spec = defaulted<Spec<Tenant>>(TenantSpec, obj.spec);
+    if (!spec.ok) {
+      problem('InvalidSpec', spec.message, true);
+      continue;
+    }
+    const s = spec.value;
+    const allowedBackends: string[] = [];
+    for (const ref of s.allowedBackends ?? []) {
+      const backendId = ref.includes('/') ? ref : `${namespace}/${ref}`;
+      if (backendIds.has(backendId)) allowedBackends.push(backendId);
+      else
+        problem('BackendNotFound', `allowedBackends: GpuBackend ${backendId} not found or not valid`, false);
+    }
+    // A tenant whose every allowed backend is missing must not fall back to "every backend".
+    if ((s.allowedBackends ?? []).length > 0 && allowedBackends.length === 0) {
+      problem(
+        'BackendNotFound',
+        'allowedBackends: none of the listed GpuBackends exists; the tenant is left out',
+        true,
+      );
+      continue;
+    }
+    let jwt: S.Tenant['jwt'] = null;
+    if (s.jwt) {
+      let hsSecret: string | undefined;
+      if (s.jwt.hsSecretRef) {
+        const secret = readSecret(namespace, s.jwt.hsSecretRef);
+        if (secret.ok) hsSecret = secret.value;
+        else
+          problem(
+            secret.reason,
+            `jwt.hsSecretRef: ${secret.message}; JWTs are refused, API keys still work`,
+            false,
+          );
+      }
+      if (s.jwt.jwksUrl || hsSecret) {
+        jwt = {
+          issuer: s.jwt.issuer,
+          audiences: [...(s.jwt.audiences ?? [])],
+          ...(s.jwt.jwksUrl ? { jwksUrl: s.jwt.jwksUrl } : {}),
+          ...(hsSecret ? { hsSecret } : {}),
+          subjectClaim: s.jwt.subjectClaim,
+          userNameClaim: s.jwt.userNameClaim,
+        };
+      }
+    }
+    out.push({
+      id: objectId(obj.metadata),
+      suspended: s.suspended,
+      allowedModels: [...(s.allowedModels ?? [])].sort(),
+      allowedBackends: allowedBackends.sort(),
+      limits: { ...(s.limits ?? {}) },
+      quota: s.quota ? { credits: s.quota.credits, period: s.quota.period } : null,
+      failOpen: s.failOpen,
+      jwt,
+    });
+  }
+  return sortById(out);
+}
+
+function compileKeys(
+  input: CompileInput,
+  tenantIds: Set<string>,
+  readSecret: ReadSecret,
+  problems: ObjectProblem[],
+): S.ApiKey[] {
+  const out: S.ApiKey[] = [];
+  const byHash = new Map<string, string>();
+  const sorted = [...input.apiKeys].sort((a, b) => objectId(a.metadata).localeCompare(objectId(b.metadata)));
+  for (const obj of sorted) {
+    const namespace = obj.metadata.namespace ?? 'default';
+    const id = objectId(obj.metadata);
+    const problem = (reason: ProblemReason, message: string) =>
+      problems.push({ kind: 'ApiKey', namespace, name: obj.metadata.name, reason, message, excluded: true });
+    const spec = defaulted<Spec<ApiKey>>(ApiKeySpec, obj.spec);
+    if (!spec.ok) {
+      problem('InvalidSpec', spec.message);
+      continue;
+    }
+    const s = spec.value;
+    const tenant = `${namespace}/${s.tenant}`;
+    if (!tenantIds.has(tenant)) {
+      problem('TenantNotFound', `tenant: Tenant ${tenant} not found or not valid`);
+      continue;
+    }
+    const ref = s.secretRef ?? { name: generatedSecretName(obj.metadata.name), key: GENERATED_SECRET_KEY };
+    const secret = readSecret(namespace, ref);
+    if (!secret.ok) {
+      problem(secret.reason, secret.message);
+      continue;
+    }
+    const key = secret.value.trim();
+    const shape = checkKeyShape(key);
+    if (shape !== 'ok') {
+      problem(
+        'InvalidKey',
+        `Secret ${namespace}/${ref.name} key ${JSON.stringify(ref.key)} does not hold a gpugate key (${shape}); ` +
+          'generate one with `gpugate key create`, or omit secretRef to let the operator generate it',
+      );
+      continue;
+    }
+    const sha256 = hashApiKey(key);
+    const holder = byHash.get(sha256);
+    if (holder) {
+      problem(
+        'DuplicateKey',
+        `the key in Secret ${namespace}/${ref.name} is already used by ApiKey ${holder}`,
+      );
+      continue;
+    }
+    byHash.set(sha256, id);
+    out.push({
+      id,
+      tenant,
+      sha256,
+      prefix: keyPrefix(key),
+      disabled: s.disabled,
+      expiresAt: s.expiresAt ? new Date(s.expiresAt).toISOString() : null,
+      limits: { ...(s.limits ?? {}) },
+      quota: s.quota ? { credits: s.quota.credits, period: s.quota.period } : null,
+      allowedModels: [...(s.allowedModels ?? [])].sort(),
+      allowedCIDRs: [...(s.allowedCIDRs ?? [])].sort(),
+    });
+  }
+  return sortById(out);
+}
