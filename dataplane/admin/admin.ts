@@ -1,0 +1,108 @@
+// The admin surface, on its own port and never routed by the ingress: liveness, readiness (after
+// the first snapshot), Prometheus metrics and the snapshot push.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import type { SnapshotProblem } from '../config/validate.ts';
+
+export type ApplyResult =
+  | { accepted: true; changed: boolean; revision: string }
+  | { accepted: false; problems: SnapshotProblem[]; stale: boolean };
+
+export interface AdminDeps {
+  registry: Registry;
+  /** The push token; null disables PUT /config. */
+  pushToken: string | null;
+  ready(): boolean;
+  draining(): boolean;
+  revision(): string | null;
+  applySnapshot(input: unknown): ApplyResult;
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** Constant-time comparison of a presented bearer token with the expected one (lengths hidden by hashing). */
+export function tokenMatches(presented: string | undefined, expected: string): boolean {
+  if (presented === undefined || !presented.toLowerCase().startsWith('bearer ')) return false;
+  return timingSafeEqual(digest(presented.slice(7).trim()), digest(expected));
+}
+
+const problemSchema = {
+  type: 'object',
+  properties: { path: { type: 'string' }, message: { type: 'string' } },
+  required: ['path', 'message'],
+} as const;
+
+export function adminPlugin(deps: AdminDeps) {
+  return async function admin(app: FastifyInstance): Promise<void> {
+    app.get('/healthz', async (_req, reply) => reply.send({ status: 'ok' }));
+
+    app.get('/readyz', async (_req, reply) => {
+      if (deps.draining()) return reply.code(503).send({ status: 'draining' });
+      if (!deps.ready()) return reply.code(503).send({ status: 'waiting for the first snapshot' });
+      return reply.send({ status: 'ready', revision: deps.revision() });
+    });
+
+    app.get('/metrics', async (_req, reply) => {
+      const text = await deps.registry.metrics();
+      return reply.header('content-type', deps.registry.contentType).send(text);
+    });
+
+    app.put(
+      '/config',
+      {
+        schema: {
+          response: {
+            200: {
+              type: 'object',
+              properties: { revision: { type: 'string' }, changed: { type: 'boolean' } },
+              required: ['revision', 'changed'],
+            },
+            '4xx': {
+              type: 'object',
+              properties: {
+                error: {
+                  type: 'object',
+                  properties: {
+                    type: { type: 'string' },
+                    code: { type: 'string' },
+                    message: { type: 'string' },
+                  },
+                },
+                problems: { type: 'array', items: problemSchema },
+              },
+            },
+          },
+        },
+      },
+      async (request, reply) => {
+        const token = deps.pushToken;
+        if (token === null || !tokenMatches(request.headers.authorization, token)) {
+          return reply
+            .code(401)
+            .header('www-authenticate', 'Bearer')
+            .send({
+              error: {
+                type: 'authentication_error',
+                code: 'bad_push_token',
+                message: 'PUT /config needs the push token as a Bearer token',
+              },
+            });
+        }
+        const result = deps.applySnapshot(request.body);
+        if (result.accepted) return reply.send({ revision: result.revision, changed: result.changed });
+        const status = result.stale ? 409 : 400;
+        return reply.code(status).send({
+          error: {
+            type: 'invalid_request_error',
+            code: result.stale ? 'stale_snapshot' : 'invalid_snapshot',
+            message: result.stale ? 'the snapshot is older than the one in use' : 'the snapshot was refused',
+          },
+          problems: result.problems,
+        });
+      },
+    );
+  };
+}

@@ -1,0 +1,99 @@
+// The data-plane process. Flags override environment variables:
+//   --host / GPUGATE_HOST (0.0.0.0)            --port / GPUGATE_PORT (8080)
+//   --admin-host / GPUGATE_ADMIN_HOST (0.0.0.0) --admin-port / GPUGATE_ADMIN_PORT (9090)
+//   --push-token-file / GPUGATE_PUSH_TOKEN_FILE, or GPUGATE_PUSH_TOKEN: the PUT /config token
+//   --snapshot file.json: apply this snapshot at start
+//   --instance-id / GPUGATE_INSTANCE_ID: the gateway's name in Via (loop detection)
+//   --drain-ms / GPUGATE_DRAIN_MS (30000): how long SIGTERM waits for in-flight requests
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { createDataPlane } from './server.ts';
+
+const { values } = parseArgs({
+  options: {
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'admin-host': { type: 'string' },
+    'admin-port': { type: 'string' },
+    'push-token-file': { type: 'string' },
+    snapshot: { type: 'string' },
+    'instance-id': { type: 'string' },
+    'drain-ms': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+
+if (values.help) {
+  process.stdout.write(
+    'usage: main.ts [--host H] [--port P] [--admin-host H] [--admin-port P] [--push-token-file F]\n' +
+      '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n',
+  );
+  process.exit(0);
+}
+
+const env = process.env;
+const logger = pino({ level: env.LOG_LEVEL ?? 'info' });
+
+function intOf(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) {
+    logger.fatal({ [name]: value }, `${name} must be a non-negative integer`);
+    process.exit(2);
+  }
+  return n;
+}
+
+function pushToken(): string | null {
+  const file = values['push-token-file'] ?? env.GPUGATE_PUSH_TOKEN_FILE;
+  if (file) return readFileSync(file, 'utf8').trim();
+  const token = env.GPUGATE_PUSH_TOKEN;
+  return token ? token : null;
+}
+
+const token = pushToken();
+if (token === null)
+  logger.warn('no push token (GPUGATE_PUSH_TOKEN or --push-token-file): PUT /config is disabled');
+
+const plane = await createDataPlane({
+  logger,
+  listen: {
+    host: values.host ?? env.GPUGATE_HOST ?? '0.0.0.0',
+    port: intOf('port', values.port ?? env.GPUGATE_PORT, 8080),
+  },
+  admin: {
+    host: values['admin-host'] ?? env.GPUGATE_ADMIN_HOST ?? '0.0.0.0',
+    port: intOf('admin-port', values['admin-port'] ?? env.GPUGATE_ADMIN_PORT, 9090),
+    token,
+  },
+  ...((values['instance-id'] ?? env.GPUGATE_INSTANCE_ID)
+    ? { instanceId: values['instance-id'] ?? env.GPUGATE_INSTANCE_ID }
+    : {}),
+});
+
+if (values.snapshot) {
+  const result = plane.applySnapshot(JSON.parse(readFileSync(values.snapshot, 'utf8')) as unknown);
+  if (!result.accepted) {
+    logger.fatal({ problems: result.problems, file: values.snapshot }, 'the initial snapshot was refused');
+    await plane.close({ drainMs: 0 });
+    process.exit(1);
+  }
+}
+
+const drainMs = intOf('drain-ms', values['drain-ms'] ?? env.GPUGATE_DRAIN_MS, 30_000);
+let stopping = false;
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, drainMs }, 'stopping: no new connections, draining in-flight requests');
+    plane.close({ drainMs }).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  });
+}

@@ -1,0 +1,146 @@
+// Data-plane metrics on an injected prom-client Registry. Names follow
+// gpugate_<subsystem>_<name>_<unit>; labels are bounded (backend ids, status class, result),
+// never raw paths, keys or user ids. Children are looked up through small caches so the request
+// path does not build label strings.
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+export type CodeClass = '2xx' | '3xx' | '4xx' | '5xx';
+
+export function codeClass(status: number): CodeClass {
+  if (status < 300) return '2xx';
+  if (status < 400) return '3xx';
+  if (status < 500) return '4xx';
+  return '5xx';
+}
+
+export interface RequestMetricChildren {
+  byClass: Record<CodeClass, Counter.Internal>;
+  duration: Histogram.Internal<'backend'>;
+}
+
+export interface DataPlaneMetrics {
+  /** Children for a backend label ('' for requests that never reached one). */
+  requestChildren(backend: string): RequestMetricChildren;
+  upstreamErrors(backend: string, kind: string): Counter.Internal;
+  retries(backend: string): Counter.Internal;
+  ejections(backend: string): Counter.Internal;
+  panics(backend: string): Counter.Internal;
+  healthCheckFailures(backend: string): Counter.Internal;
+  queueRejections(backend: string): Counter.Internal;
+  inflight: Gauge<'backend'>;
+  snapshotApplies: Counter<'result'>;
+  snapshotInfo: Gauge<'revision'>;
+  snapshotAgeSeconds: Gauge;
+}
+
+function cached<T>(make: (key: string) => T): (key: string) => T {
+  const cache = new Map<string, T>();
+  return (key) => {
+    let v = cache.get(key);
+    if (v === undefined) {
+      v = make(key);
+      cache.set(key, v);
+    }
+    return v;
+  };
+}
+
+export function createMetrics(registry: Registry, snapshotAgeMs: () => number | null): DataPlaneMetrics {
+  const requests = new Counter({
+    name: 'gpugate_proxy_requests_total',
+    help: 'Requests answered by the proxy, by backend and status class',
+    labelNames: ['backend', 'code_class'] as const,
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: 'gpugate_proxy_request_duration_seconds',
+    help: 'Time from request arrival to the end of the response',
+    labelNames: ['backend'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    registers: [registry],
+  });
+  const upstreamErrors = new Counter({
+    name: 'gpugate_upstream_errors_total',
+    help: 'Failed upstream attempts by kind (connect, timeout, reset, status)',
+    labelNames: ['backend', 'kind'] as const,
+    registers: [registry],
+  });
+  const retries = new Counter({
+    name: 'gpugate_upstream_retries_total',
+    help: 'Attempts retried on another endpoint',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const ejections = new Counter({
+    name: 'gpugate_upstream_ejections_total',
+    help: 'Endpoints ejected by passive outlier detection',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const panics = new Counter({
+    name: 'gpugate_upstream_panic_routing_total',
+    help: 'Requests routed while no endpoint of the backend was healthy (panic mode: health ignored)',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const healthCheckFailures = new Counter({
+    name: 'gpugate_upstream_health_check_transitions_total',
+    help: 'Endpoints that turned unhealthy by active health checks',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const queueRejections = new Counter({
+    name: 'gpugate_upstream_queue_rejections_total',
+    help: 'Requests refused with 503 because every endpoint was at maxInflightPerEndpoint',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const inflight = new Gauge({
+    name: 'gpugate_upstream_inflight_requests',
+    help: 'Requests in flight to upstream endpoints',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+  });
+  const snapshotApplies = new Counter({
+    name: 'gpugate_config_snapshot_applies_total',
+    help: 'Snapshots offered to this data plane by result (applied, unchanged, refused)',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+  const snapshotInfo = new Gauge({
+    name: 'gpugate_config_snapshot_info',
+    help: 'The revision of the snapshot in use (value 1)',
+    labelNames: ['revision'] as const,
+    registers: [registry],
+  });
+  const snapshotAgeSeconds = new Gauge({
+    name: 'gpugate_config_snapshot_age_seconds',
+    help: 'Seconds since the current snapshot was applied',
+    registers: [registry],
+    collect() {
+      const age = snapshotAgeMs();
+      this.set(age === null ? -1 : age / 1000);
+    },
+  });
+  return {
+    requestChildren: cached((backend) => ({
+      byClass: {
+        '2xx': requests.labels(backend, '2xx'),
+        '3xx': requests.labels(backend, '3xx'),
+        '4xx': requests.labels(backend, '4xx'),
+        '5xx': requests.labels(backend, '5xx'),
+      },
+      duration: duration.labels(backend),
+    })),
+    upstreamErrors: (backend, kind) => upstreamErrors.labels(backend, kind),
+    retries: cached((b) => retries.labels(b)),
+    ejections: cached((b) => ejections.labels(b)),
+    panics: cached((b) => panics.labels(b)),
+    healthCheckFailures: cached((b) => healthCheckFailures.labels(b)),
+    queueRejections: cached((b) => queueRejections.labels(b)),
+    inflight,
+    snapshotApplies,
+    snapshotInfo,
+    snapshotAgeSeconds,
+  };
+}

@@ -1,0 +1,97 @@
+// Watches response bytes on their way to the client (without holding the stream back) to count
+// them and to read the OpenAI `usage` object: from a JSON body, or from the last SSE event that
+// carries one (the final chunk with stream_options.include_usage).
+
+export interface TokenUsage {
+  inputTokens: number;
+  outputTokens: number;
+}
+
+const MAX_JSON_BYTES = 1 << 20;
+const SSE_TAIL_BYTES = 16 << 10;
+
+export class UsageTap {
+  bytes = 0;
+  readonly #mode: 'json' | 'sse' | 'none';
+  #chunks: Buffer[] = [];
+  #held = 0;
+  #overflow = false;
+
+  constructor(contentType: string | undefined, readUsage: boolean) {
+    if (!readUsage || !contentType) this.#mode = 'none';
+    else if (contentType.includes('text/event-stream')) this.#mode = 'sse';
+    else if (contentType.includes('json')) this.#mode = 'json';
+    else this.#mode = 'none';
+  }
+
+  /** Bound as a 'data' listener next to the pipe to the client. */
+  readonly onData = (chunk: Buffer): void => {
+    this.bytes += chunk.length;
+    if (this.#mode === 'none') return;
+    if (this.#mode === 'json') {
+      if (this.#overflow) return;
+      this.#held += chunk.length;
+      if (this.#held > MAX_JSON_BYTES) {
+        this.#overflow = true;
+        this.#chunks = [];
+        return;
+      }
+      this.#chunks.push(chunk);
+      return;
+    }
+    // SSE: keep only a tail long enough for the final usage event.
+    this.#chunks.push(chunk);
+    this.#held += chunk.length;
+    while (this.#held - (this.#chunks[0]?.length ?? 0) >= SSE_TAIL_BYTES && this.#chunks.length > 1) {
+      this.#held -= (this.#chunks.shift() as Buffer).length;
+    }
+  };
+
+  /** The usage the backend reported, or null when it reported none (the caller estimates then). */
+  usage(): TokenUsage | null {
+    if (this.#mode === 'none' || this.#overflow || this.#chunks.length === 0) return null;
+    const text = Buffer.concat(this.#chunks).toString('utf8');
+    if (this.#mode === 'json') {
+      try {
+        return usageOf(JSON.parse(text));
+      } catch {
+        return null;
+      }
+    }
+    return sseUsage(text);
+  }
+}
+
+function usageOf(value: unknown): TokenUsage | null {
+  if (value === null || typeof value !== 'object') return null;
+  const usage = (value as { usage?: unknown }).usage;
+  if (usage === null || typeof usage !== 'object') return null;
+  const u = usage as { prompt_tokens?: unknown; completion_tokens?: unknown };
+  if (typeof u.prompt_tokens !== 'number' && typeof u.completion_tokens !== 'number') return null;
+  return {
+    inputTokens: typeof u.prompt_tokens === 'number' ? u.prompt_tokens : 0,
+    outputTokens: typeof u.completion_tokens === 'number' ? u.completion_tokens : 0,
+  };
+}
+
+/** The usage of the last `data:` event that has a non-null one. */
+export function sseUsage(text: string): TokenUsage | null {
+  let end = text.length;
+  for (;;) {
+    const at = text.lastIndexOf('"usage"', end);
+    if (at < 0) return null;
+    const lineStart = text.lastIndexOf('\n', at) + 1;
+    const lineEndRaw = text.indexOf('\n', at);
+    const line = text.slice(lineStart, lineEndRaw < 0 ? undefined : lineEndRaw).trim();
+    if (line.startsWith('data:')) {
+      try {
+        const u = usageOf(JSON.parse(line.slice(5).trim()));
+        if (u) return u;
+      } catch {
+        // a cut or foreign line: look further back
+      }
+    }
+    end = lineStart - 1;
+    if (end < 0) return null;
+  }
+}

@@ -1,0 +1,143 @@
+// compileRuntime: a validated snapshot → everything the request path needs, built once: route
+// table, model index, key index, balancers, endpoint states (pools), task-path patterns. The server
+// swaps the reference to a runtime atomically; requests keep the runtime they started with, and a
+// replaced runtime releases its endpoints once its last request has ended.
+import type { Logger } from 'pino';
+import type { Backend, Route, Settings, Snapshot } from '../config/snapshot.ts';
+import { buildKeyIndex, type KeyIndex } from '../auth/identify.ts';
+import { createBalancer, type Balancer } from '../upstream/balancers.ts';
+import type { BackendState, EndpointState, UpstreamRegistry } from '../upstream/endpoint.ts';
+import { BackendMonitor } from '../upstream/health.ts';
+import type { DataPlaneMetrics, RequestMetricChildren } from '../metrics/metrics.ts';
+import { RouteTable } from './routes.ts';
+
+export interface CompiledBackend {
+  readonly backend: Backend;
+  readonly id: string;
+  readonly state: BackendState;
+  /** Endpoints the control plane lists (ready or not), in snapshot order. */
+  readonly endpoints: readonly EndpointState[];
+  readonly byEndpointId: ReadonlyMap<string, EndpointState>;
+  readonly balancer: Balancer;
+  readonly monitor: BackendMonitor;
+  readonly anyModel: boolean;
+  readonly models: ReadonlySet<string>;
+  readonly metrics: RequestMetricChildren;
+  /** Regexes for asyncTasks.taskPaths, capturing the id; empty when the backend has no async tasks. */
+  readonly taskPatterns: readonly RegExp[];
+  readonly retryOnStatus: ReadonlySet<number>;
+}
+
+export interface RuntimeOptions {
+  registry: UpstreamRegistry;
+  metrics: DataPlaneMetrics;
+  logger: Logger;
+  scrapeIntervalMs: number;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** `/status/{id}` → /^\/status\/([^/]+)$/ */
+export function taskPathPattern(template: string): RegExp {
+  const [before, after] = template.split('{id}', 2) as [string, string];
+  return new RegExp(`^${escapeRegExp(before)}([^/]+)${escapeRegExp(after)}$`);
+}
+
+export class Runtime {
+  readonly revision: string;
+  readonly settings: Settings;
+  readonly routes: RouteTable<CompiledBackend>;
+  readonly backends: readonly CompiledBackend[];
+  readonly keys: KeyIndex;
+  /** Models served by name (not '*'), for /v1/models and 404 hints, with the backends serving each. */
+  readonly namedModels: ReadonlyMap<string, readonly CompiledBackend[]>;
+  #active = 0;
+  #retired = false;
+  #onDrained: (() => void) | null = null;
+
+  constructor(snapshot: Snapshot, opts: RuntimeOptions) {
+    this.revision = snapshot.revision;
+    this.settings = snapshot.settings;
+    this.keys = buildKeyIndex(snapshot.keys, snapshot.tenants);
+    const backends: CompiledBackend[] = [];
+    const routeEntries: { backend: CompiledBackend; route: Route }[] = [];
+    const namedModels = new Map<string, CompiledBackend[]>();
+    for (const b of snapshot.backends) {
+      const endpoints = b.endpoints.map((ep) => {
+        const state = opts.registry.endpointState(b, ep);
+        // Weight and readiness may change without a new pool; the balancer reads them live.
+        state.weight = ep.weight;
+        state.ready = ep.ready;
+        return state;
+      });
+      const compiled: CompiledBackend = {
+        backend: b,
+        id: b.id,
+        state: opts.registry.backendState(b.id),
+        endpoints,
+        byEndpointId: new Map(endpoints.map((e) => [e.id, e])),
+        balancer: createBalancer(b.balancing.policy, opts.scrapeIntervalMs * 3),
+        monitor: new BackendMonitor(b, endpoints, {
+          scrapeIntervalMs: opts.scrapeIntervalMs,
+          logger: opts.logger,
+          metrics: opts.metrics,
+        }),
+        anyModel: b.models.includes('*'),
+        models: new Set(b.models.filter((m) => m !== '*')),
+        metrics: opts.metrics.requestChildren(b.id),
+        taskPatterns: b.asyncTasks ? b.asyncTasks.taskPaths.map(taskPathPattern) : [],
+        retryOnStatus: new Set(b.retries.retryOnStatus),
+      };
+      backends.push(compiled);
+      for (const route of b.routes) routeEntries.push({ backend: compiled, route });
+      for (const m of compiled.models) {
+        const list = namedModels.get(m) ?? [];
+        list.push(compiled);
+        namedModels.set(m, list);
+      }
+    }
+    this.backends = backends;
+    this.routes = new RouteTable(routeEntries);
+    this.namedModels = namedModels;
+  }
+
+  /** Every endpoint state this runtime references. */
+  *endpointStates(): Iterable<EndpointState> {
+    for (const b of this.backends) yield* b.endpoints;
+  }
+
+  start(): void {
+    for (const b of this.backends) b.monitor.start();
+  }
+
+  /** A request starts on this runtime. */
+  enter(): void {
+    this.#active++;
+  }
+
+  /** A request that entered has ended (response finished or the client went away). */
+  leave(): void {
+    this.#active--;
+    if (this.#active === 0 && this.#retired) this.#drained();
+  }
+
+  get active(): number {
+    return this.#active;
+  }
+
+  /** Replaced by a newer runtime: stop timers; call onDrained once no request uses it any more. */
+  retire(onDrained: () => void): void {
+    this.#retired = true;
+    this.#onDrained = onDrained;
+    for (const b of this.backends) b.monitor.stop();
+    if (this.#active === 0) this.#drained();
+  }
+
+  #drained(): void {
+    const cb = this.#onDrained;
+    this.#onDrained = null;
+    cb?.();
+  }
+}

@@ -1,0 +1,239 @@
+// createDataPlane: the public proxy port and the admin port, around one atomically swapped runtime.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import Fastify, { type FastifyError } from 'fastify';
+import { pino, type Logger } from 'pino';
+import { Registry } from 'prom-client';
+import type { Snapshot } from './config/snapshot.ts';
+import { parseSnapshot, SnapshotStore, type SnapshotProblem } from './config/validate.ts';
+import type { UsageSink } from './metering/usage.ts';
+import { adminPlugin, type ApplyResult } from './admin/admin.ts';
+import { errorBody, gatewayError } from './errors.ts';
+import { createMetrics } from './metrics/metrics.ts';
+import { saneRequestId } from './proxy/headers.ts';
+import { proxyPlugin } from './proxy/proxy.ts';
+import { Runtime } from './routing/runtime.ts';
+import { MemoryTaskStore, type TaskStore } from './tasks/store.ts';
+import { UpstreamRegistry } from './upstream/endpoint.ts';
+import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
+
+export const GPUGATE_VERSION: string = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
+export interface DataPlaneOptions {
+  logger?: Logger;
+  /** Receives one usage event per admitted request; none: usage is not recorded. */
+  usageSink?: UsageSink;
+  registry?: Registry;
+  /** Where async task affinity is shared; in memory (this replica only) by default. */
+  taskStore?: TaskStore;
+  listen: { host: string; port: number };
+  /** token null disables PUT /config (a snapshot can still be applied in-process). */
+  admin: { host: string; port: number; token: string | null };
+  /** Names this gateway in Via for loop detection; shared by replicas of one gateway. Random by default. */
+  instanceId?: string;
+  outlier?: Partial<OutlierOptions>;
+  /** Percentage of healthy endpoints below which health is ignored (0: only when none is healthy). */
+  panicThresholdPercent?: number;
+  /** How often QueueAware backends' model-server metrics are scraped. */
+  scrapeIntervalMs?: number;
+}
+
+export interface DataPlane {
+  /** Validates and applies a snapshot (the same path as PUT /config). */
+  applySnapshot(input: unknown): ApplyResult;
+  readonly url: string;
+  readonly adminUrl: string;
+  readonly instanceId: string;
+  revision(): string | null;
+  /** Stops accepting, waits for in-flight requests (up to drainMs, then cuts them), closes pools and ports. */
+  close(opts?: { drainMs?: number }): Promise<void>;
+}
+
+/** Problems validation cannot see but compiling would trip on. */
+function compileProblems(s: Snapshot): SnapshotProblem[] {
+  const problems: SnapshotProblem[] = [];
+  s.backends.forEach((b, i) =>
+    b.endpoints.forEach((e, j) => {
+      try {
+        new URL(e.url);
+      } catch {
+        problems.push({
+          path: `/backends/${i}/endpoints/${j}/url`,
+          message: `endpoint URL ${JSON.stringify(e.url)} is not a valid URL`,
+        });
+      }
+    }),
+  );
+  return problems;
+}
+
+function urlOf(app: { server: Server }): string {
+  const addr = app.server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return `http://${host}:${addr.port}`;
+}
+
+export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane> {
+  const logger = opts.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
+  const registry = opts.registry ?? new Registry();
+  const instanceId = opts.instanceId ?? randomBytes(6).toString('hex');
+  const store = new SnapshotStore();
+  const metrics = createMetrics(registry, () => store.ageMs());
+  const upstreams = new UpstreamRegistry();
+  const outlier: OutlierOptions = { ...DEFAULT_OUTLIER, ...opts.outlier };
+  const scrapeIntervalMs = opts.scrapeIntervalMs ?? 1_000;
+  let current: Runtime | null = null;
+  let draining = false;
+
+  function applySnapshot(input: unknown): ApplyResult {
+    const parsed = parseSnapshot(input);
+    const problems = parsed.ok ? compileProblems(parsed.snapshot) : parsed.problems;
+    if (problems.length > 0) {
+      metrics.snapshotApplies.labels('refused').inc();
+      logger.warn({ problems }, 'snapshot refused');
+      return { accepted: false, problems, stale: false };
+    }
+    const offered = store.offer(input);
+    if (!offered.accepted) {
+      metrics.snapshotApplies.labels('refused').inc();
+      logger.warn({ problems: offered.problems }, 'snapshot refused');
+      return {
+        accepted: false,
+        problems: offered.problems,
+        stale: offered.problems.some((p) => p.path === '/generatedAt'),
+      };
+    }
+    const snapshot = offered.snapshot;
+    if (!offered.changed) {
+      metrics.snapshotApplies.labels('unchanged').inc();
+      return { accepted: true, changed: false, revision: snapshot.revision };
+    }
+    const next = new Runtime(snapshot, { registry: upstreams, metrics, logger, scrapeIntervalMs });
+    upstreams.retain(next.endpointStates());
+    const previous = current;
+    current = next; // the swap: requests that already hold `previous` finish on it
+    next.start();
+    if (previous)
+      previous.retire(() => void Promise.all(upstreams.releaseRuntime(previous.endpointStates())));
+    metrics.snapshotApplies.labels('applied').inc();
+    metrics.snapshotInfo.reset();
+    metrics.snapshotInfo.labels(snapshot.revision).set(1);
+    logger.info(
+      {
+        revision: snapshot.revision,
+        backends: snapshot.backends.length,
+        tenants: snapshot.tenants.length,
+        keys: snapshot.keys.length,
+      },
+      'snapshot applied',
+    );
+    return { accepted: true, changed: true, revision: snapshot.revision };
+  }
+
+  const proxy = Fastify({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    requestIdHeader: false,
+    genReqId: (req) => saneRequestId(req.headers['x-request-id']) ?? randomUUID(),
+    exposeHeadRoutes: false,
+    // Long SSE streams and large uploads: the per-backend total timeout bounds requests instead.
+    requestTimeout: 0,
+    keepAliveTimeout: 65_000,
+    return503OnClosing: true,
+  });
+  proxy.setErrorHandler((err: FastifyError, request, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status >= 500) request.log.error({ err, requestId: request.id }, 'proxy error');
+    const body = errorBody(
+      gatewayError(
+        status,
+        status >= 500 ? 'internal_error' : 'invalid_request_error',
+        err.code ?? 'error',
+        status >= 500 ? 'internal error' : err.message,
+      ),
+      request.id,
+    );
+    return reply
+      .code(status)
+      .headers({
+        'content-type': 'application/json',
+        'x-request-id': request.id,
+        via: '1.1 gpugate',
+        'x-gpugate-version': GPUGATE_VERSION,
+      })
+      .send(body);
+  });
+  await proxy.register(
+    proxyPlugin({
+      current: () => current,
+      instanceId,
+      version: GPUGATE_VERSION,
+      logger,
+      metrics,
+      usageSink: opts.usageSink ?? null,
+      taskStore: opts.taskStore ?? new MemoryTaskStore(),
+      outlier,
+      panicThresholdPercent: opts.panicThresholdPercent ?? 0,
+    }),
+  );
+
+  const admin = Fastify({
+    loggerInstance: logger.child({ component: 'admin' }),
+    disableRequestLogging: true,
+    bodyLimit: 256 * 1024 * 1024,
+  });
+  await admin.register(
+    adminPlugin({
+      registry,
+      pushToken: opts.admin.token,
+      ready: () => current !== null,
+      draining: () => draining,
+      revision: () => current?.revision ?? null,
+      applySnapshot,
+    }),
+  );
+
+  await proxy.listen({ host: opts.listen.host, port: opts.listen.port });
+  try {
+    await admin.listen({ host: opts.admin.host, port: opts.admin.port });
+  } catch (err) {
+    await proxy.close();
+    throw err;
+  }
+  const url = urlOf(proxy);
+  const adminUrl = urlOf(admin);
+  logger.info({ url, adminUrl, instanceId, version: GPUGATE_VERSION }, 'data plane listening');
+
+  let closing: Promise<void> | null = null;
+  async function close(closeOpts: { drainMs?: number } = {}): Promise<void> {
+    draining = true;
+    const drainMs = closeOpts.drainMs ?? 30_000;
+    const drained = proxy.close();
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), drainMs);
+    });
+    if ((await Promise.race([drained.then(() => 'drained' as const), deadline])) === 'timeout') {
+      logger.warn({ drainMs }, 'drain deadline reached; closing remaining connections');
+      proxy.server.closeAllConnections();
+      await drained;
+    }
+    clearTimeout(timer);
+    current?.retire(() => undefined);
+    await upstreams.closeAll();
+    await admin.close();
+  }
+
+  return {
+    applySnapshot,
+    url,
+    adminUrl,
+    instanceId,
+    revision: () => current?.revision ?? null,
+    close: (o) => (closing ??= close(o)),
+  };
+}

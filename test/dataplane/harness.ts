@@ -1,0 +1,210 @@
+// Test harness for the data plane: snapshot builders and small real HTTP upstreams on 127.0.0.1.
+// (The GPU simulator in test/fixtures/gpusim covers vLLM behaviour; these upstreams exist to record
+// exactly what reached them and to misbehave on purpose.)
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
+import { generateApiKey, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
+import { contentRevision } from '../../dataplane/config/revision.ts';
+import type { ApiKey, Backend, Settings, Snapshot, Tenant } from '../../dataplane/config/snapshot.ts';
+import type { UsageEvent, UsageSink } from '../../dataplane/metering/usage.ts';
+import { createDataPlane, type DataPlane, type DataPlaneOptions } from '../../dataplane/server.ts';
+
+export const quietLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+
+export function backend(id: string, urls: string[], overrides: Partial<Backend> = {}): Backend {
+  return {
+    id,
+    protocol: 'openai',
+    models: ['*'],
+    routes: [{ pathPrefix: '/v1', methods: [], public: false }],
+    endpoints: urls.map((url, i) => ({ id: `ep${i}`, url, weight: 1, source: 'static', ready: true })),
+    balancing: {
+      policy: 'RoundRobin',
+      maxInflightPerEndpoint: 0,
+      maxQueue: 0,
+      queueTimeoutMs: 1000,
+      metricsPath: '/metrics',
+    },
+    healthCheck: null,
+    retries: { attempts: 2, retryOnStatus: [] },
+    timeouts: { connectMs: 2000, firstByteMs: 30_000, totalMs: 60_000 },
+    maxRequestBytes: 200 * 1024 * 1024,
+    pricing: { perRequest: 1, perInputToken: 0, perOutputToken: 0 },
+    asyncTasks: null,
+    upstreamAuth: null,
+    registration: null,
+    ...overrides,
+  };
+}
+
+export function tenant(id: string, overrides: Partial<Tenant> = {}): Tenant {
+  return {
+    id,
+    suspended: false,
+    allowedModels: [],
+    allowedBackends: [],
+    limits: {},
+    quota: null,
+    failOpen: true,
+    jwt: null,
+    ...overrides,
+  };
+}
+
+export function apiKey(tenantId: string, overrides: Partial<ApiKey> = {}): { secret: string; key: ApiKey } {
+  const secret = generateApiKey();
+  return {
+    secret,
+    key: {
+      id: `${tenantId}-key-${keyPrefix(secret)}`,
+      tenant: tenantId,
+      sha256: hashApiKey(secret),
+      prefix: keyPrefix(secret),
+      disabled: false,
+      expiresAt: null,
+      limits: {},
+      quota: null,
+      allowedModels: [],
+      allowedCIDRs: [],
+      ...overrides,
+    },
+  };
+}
+
+let clock = Date.parse('2026-01-01T00:00:00Z');
+
+export function snapshot(parts: {
+  backends: Backend[];
+  tenants?: Tenant[];
+  keys?: ApiKey[];
+  settings?: Partial<Settings>;
+  generatedAt?: string;
+}): Snapshot {
+  clock += 1000;
+  const body = {
+    schemaVersion: 1,
+    settings: { replicas: 1, exposeBackendHeader: true, maxJsonPeekBytes: 1 << 20, ...parts.settings },
+    backends: parts.backends,
+    tenants: parts.tenants ?? [],
+    keys: parts.keys ?? [],
+  };
+  return {
+    ...body,
+    revision: contentRevision(body),
+    generatedAt: parts.generatedAt ?? new Date(clock).toISOString(),
+  };
+}
+
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: IncomingMessage['headers'];
+  bodyBytes: number;
+  body: string;
+}
+
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
+
+export interface Upstream {
+  name: string;
+  url: string;
+  port: number;
+  requests: RecordedRequest[];
+  /** Requests whose client connection closed before the response ended. */
+  aborted: number;
+  server: Server;
+  close(): Promise<void>;
+}
+
+/** A real HTTP upstream that records every request; by default answers a small JSON completion. */
+export async function startUpstream(
+  name: string,
+  handler?: UpstreamHandler,
+  opts: { port?: number; keepBody?: boolean; streamBody?: boolean } = {},
+): Promise<Upstream> {
+  const up: Upstream = {
+    name,
+    url: '',
+    port: 0,
+    requests: [],
+    aborted: 0,
+    server: null as unknown as Server,
+    close: async () => {
+      up.server.closeAllConnections();
+      await new Promise<void>((r) => up.server.close(() => r()));
+    },
+  };
+  up.server = createServer((req, res) => {
+    res.once('close', () => {
+      if (!res.writableFinished) up.aborted++;
+    });
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const recorded: RecordedRequest = {
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers,
+      bodyBytes: 0,
+      body: '',
+    };
+    up.requests.push(recorded);
+    req.on('data', (c: Buffer) => {
+      bytes += c.length;
+      recorded.bodyBytes = bytes;
+      if (opts.keepBody !== false && bytes <= 1 << 20) chunks.push(c);
+    });
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      recorded.body = body.toString('utf8');
+      if (handler) return handler(req, res, body);
+      const payload = JSON.stringify({
+        id: 'cmpl-1',
+        object: 'chat.completion',
+        upstream: name,
+        choices: [{ index: 0, message: { role: 'assistant', content: 'hi' } }],
+        usage: { prompt_tokens: 7, completion_tokens: 3, total_tokens: 10 },
+        receivedBytes: bytes,
+      });
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(payload),
+      });
+      res.end(payload);
+    });
+  });
+  up.server.keepAliveTimeout = 30_000;
+  await new Promise<void>((resolve) => up.server.listen(opts.port ?? 0, '127.0.0.1', () => resolve()));
+  up.port = (up.server.address() as AddressInfo).port;
+  up.url = `http://127.0.0.1:${up.port}`;
+  return up;
+}
+
+export class MemorySink implements UsageSink {
+  events: UsageEvent[] = [];
+  record(event: UsageEvent): void {
+    this.events.push(event);
+  }
+}
+
+export async function startPlane(extra: Partial<DataPlaneOptions> = {}): Promise<DataPlane> {
+  return createDataPlane({
+    logger: quietLogger,
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0, token: 'push-token-for-tests' },
+    ...extra,
+  });
+}
+
+export function chat(model: string, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ model, messages: [{ role: 'user', content: 'hello' }], ...extra });
+}
+
+/** Waits until `check` is true, polling every 10 ms, at most `maxMs` (fails the test after). */
+export async function until(check: () => boolean, maxMs = 10_000): Promise<void> {
+  const end = Date.now() + maxMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
