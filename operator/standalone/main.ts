@@ -1,0 +1,163 @@
+// `make run`: gpugate on a laptop. The manifests in examples/ (what one would kubectl apply) are
+// compiled by the operator's compiler and pushed through the same admin API a cluster uses; an
+// embedded Postgres (or DATABASE_URL) holds usage; a GPU simulator serves the OpenAI API.
+//
+// Environment: GPUGATE_EXAMPLES (manifest folder, default examples/), GPUGATE_RUN_DIR (default .run/),
+// GPUGATE_HOST (default 127.0.0.1), GPUGATE_PORT (8080), GPUGATE_ADMIN_PORT (8081),
+// GPUGATE_SIMULATOR_PORT (8001; 0 to not start the simulator), DATABASE_URL.
+import { randomBytes } from 'node:crypto';
+import { watch } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { pino } from 'pino';
+import { createDataPlane } from '../../dataplane/server.ts';
+import { startSimulator, type Simulator } from '../../test/fixtures/gpusim/index.ts';
+import { migrate } from '../../dataplane/metering/migrate.ts';
+import { pushSnapshot } from '../push/push.ts';
+import { compileSnapshot } from '../snapshot/compile.ts';
+import { loadManifestDir } from '../snapshot/manifests.ts';
+import { startEmbeddedPostgres, type EmbeddedPostgresServer } from './postgres.ts';
+import { ensureKeySecrets } from './secrets.ts';
+
+const env = process.env;
+const root = resolve(import.meta.dirname, '..', '..');
+const examplesDir = resolve(env.GPUGATE_EXAMPLES ?? join(root, 'examples'));
+const runDir = resolve(env.GPUGATE_RUN_DIR ?? join(root, '.run'));
+const host = env.GPUGATE_HOST ?? '127.0.0.1';
+
+function portFromEnv(name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    console.error(`${name}=${JSON.stringify(raw)} is not a port: use a whole number from 0 to 65535`);
+    process.exit(2);
+  }
+  return port;
+}
+
+const log = pino({ name: 'gpugate-standalone', level: env.LOG_LEVEL ?? 'info' });
+
+async function main(): Promise<void> {
+  mkdirSync(runDir, { recursive: true });
+  const stops: (() => Promise<void>)[] = [];
+  let stopping = false;
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping');
+    for (const stop of stops.reverse()) {
+      await stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
+    }
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stopAll(0));
+  process.on('SIGTERM', () => void stopAll(0));
+
+  try {
+    let databaseUrl = env.DATABASE_URL;
+    if (!databaseUrl) {
+      const pg: EmbeddedPostgresServer = await startEmbeddedPostgres({ dataDir: join(runDir, 'postgres') });
+      stops.push(() => pg.stop());
+      databaseUrl = pg.url;
+    }
+    const migrated = await migrate(databaseUrl);
+    log.info({ applied: migrated.applied }, 'usage database ready');
+
+    const simulatorPort = portFromEnv('GPUGATE_SIMULATOR_PORT', 8001);
+    let simulator: Simulator | null = null;
+    if (simulatorPort !== 0) {
+      simulator = await startSimulator({
+        host: '127.0.0.1',
+        port: simulatorPort,
+        name: 'gpusim-standalone',
+        models: ['sim-llama-8b', 'sim-llama-70b'],
+        // Slow enough that a streaming curl shows tokens arriving, fast enough to be pleasant.
+        prefillMsPerToken: 0.2,
+        decodeMsPerToken: 25,
+      });
+      const sim = simulator;
+      stops.push(() => sim.close());
+    }
+
+    const pushToken = randomBytes(32).toString('base64url');
+    const dataPlane = await createDataPlane({
+      logger: log,
+      listen: { host, port: portFromEnv('GPUGATE_PORT', 8080) },
+      admin: { host, port: portFromEnv('GPUGATE_ADMIN_PORT', 8081), token: pushToken },
+    });
+    stops.push(() => dataPlane.close());
+
+    const secretsFile = join(runDir, 'secrets.yaml');
+    const compileAndPush = async () => {
+      const manifests = loadManifestDir(examplesDir);
+      const { secrets, generated } = ensureKeySecrets(secretsFile, manifests);
+      if (generated.length > 0) log.info({ secrets: generated }, 'generated API keys into .run/secrets.yaml');
+      const { snapshot, problems } = compileSnapshot({
+        ...manifests,
+        secrets,
+        settings: { replicas: 1 },
+        now: new Date(),
+      });
+      for (const p of problems) log.warn(p, `${p.kind} ${p.namespace}/${p.name}: ${p.message}`);
+      const result = await pushSnapshot(dataPlane.adminUrl, snapshot, { token: pushToken });
+      if (!result.ok)
+        throw new Error(`the data plane refused snapshot ${snapshot.revision}: ${result.detail}`);
+      log.info({ revision: snapshot.revision.slice(0, 12) }, 'snapshot pushed');
+      return { snapshot, secrets, problemCount: problems.length };
+    };
+
+    const printBanner = ({
+      snapshot,
+      secrets,
+      problemCount,
+    }: Awaited<ReturnType<typeof compileAndPush>>): void => {
+      const keyOf = (id: string) => {
+        const [namespace, name] = id.split('/');
+        return secrets.find((s) => s.namespace === namespace && s.name === `${name}-gpugate-key`)?.data.key;
+      };
+      const demo = snapshot.keys.find((k) => !k.disabled && keyOf(k.id));
+      const key = demo ? keyOf(demo.id)! : '<no usable key in examples/>';
+      const model = snapshot.backends.flatMap((b) => b.models).find((m) => m !== '*') ?? 'sim-llama-8b';
+      const lines = [
+        '',
+        `gpugate is running (standalone, snapshot ${snapshot.revision.slice(0, 12)}, ${snapshot.backends.length} backends, ${snapshot.tenants.length} tenants, ${snapshot.keys.length} keys${problemCount ? `, ${problemCount} problems logged above` : ''})`,
+        `  gateway    ${dataPlane.url}`,
+        `  admin      ${dataPlane.adminUrl}   (/healthz, /readyz, /metrics)`,
+        simulator ? `  simulator  ${simulator.url}   (models ${simulator.models.join(', ')})` : '',
+        `  key        ${demo ? `${demo.id} (tenant ${demo.tenant})` : ''}: ${key}`,
+        `  manifests  ${examplesDir} (edit them: the snapshot is recompiled and pushed)`,
+        '',
+        'Try:',
+        `  curl -s ${dataPlane.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
+        `    -d '{"model":"${model}","messages":[{"role":"user","content":"Hello GPU"}],"max_tokens":32}'`,
+        `  curl -N ${dataPlane.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
+        `    -d '{"model":"${model}","stream":true,"messages":[{"role":"user","content":"Hello GPU"}],"max_tokens":32}'`,
+        '',
+        'Ctrl-C stops everything.',
+        '',
+      ];
+      process.stdout.write(
+        lines.filter((l, i) => l !== '' || i === 0 || lines[i - 1] !== '').join('\n') + '\n',
+      );
+    };
+
+    printBanner(await compileAndPush());
+
+    let timer: NodeJS.Timeout | null = null;
+    const watcher = watch(examplesDir, () => {
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(() => {
+        compileAndPush().catch((err: unknown) =>
+          log.error({ err: (err as Error).message }, 'reload failed; keeping the last good snapshot'),
+        );
+      }, 300);
+    });
+    stops.push(async () => watcher.close());
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'standalone mode failed to start');
+    await stopAll(1);
+  }
+}
+
+await main();
