@@ -437,7 +437,7 @@ export const GpuBackendSpec = Type.Object(
       },
       {
         rule: "!has(self.models) || !('*' in self.models) || size(self.models) == 1",
-        message: "models: '*' serves every model and cannot be combined with model names",
+        message: "'*' serves every model and cannot be combined with model names",
         fieldPath: '.models',
       },
     ),
