@@ -134,9 +134,9 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     return { accepted: true, changed: true, revision: snapshot.revision };
   }
 
+  // No Fastify logger on either port: it would create a child logger per request. The request path
+  // logs through `logger` itself, once per event that matters.
   const proxy = Fastify({
-    loggerInstance: logger,
-    disableRequestLogging: true,
     requestIdHeader: false,
     genReqId: (req) => saneRequestId(req.headers['x-request-id']) ?? randomUUID(),
     exposeHeadRoutes: false,
@@ -147,7 +147,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   });
   proxy.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status >= 500) request.log.error({ err, requestId: request.id }, 'proxy error');
+    if (status >= 500) logger.error({ err, requestId: request.id }, 'proxy error');
     const body = errorBody(
       gatewayError(
         status,
@@ -182,8 +182,6 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   );
 
   const admin = Fastify({
-    loggerInstance: logger.child({ component: 'admin' }),
-    disableRequestLogging: true,
     bodyLimit: 256 * 1024 * 1024,
   });
   await admin.register(

@@ -1,10 +1,16 @@
 // The proxy scope: one catch-all route on the public port. Bodies arrive as raw streams (no
 // content-type parsing here); small JSON bodies are buffered to read their `model` and can then be
 // replayed for retries, everything else streams untouched in both directions.
-import type { IncomingMessage } from 'node:http';
+//
+// The handler hijacks the reply and forwards with undici's dispatch API straight into the Node
+// response: response headers are written when the upstream's arrive, every body chunk is written as
+// it arrives (SSE passes through chunk by chunk) with backpressure from the client pausing the
+// upstream. This avoids an intermediate Readable and Fastify's stream piping on the hot path.
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
 import type { Route } from '../config/snapshot.ts';
 import { backendAllowed, identify, modelAllowed, type Principal } from '../auth/identify.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
@@ -35,33 +41,8 @@ export interface ProxyDeps {
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 const MAX_SUBMIT_RESPONSE_BYTES = 1 << 20;
 const MAX_HINTED_MODELS = 20;
-
-/** State of one request through the proxy, finished once when the client connection is done with it. */
-class Exchange {
-  readonly start = performance.now();
-  readonly time = Date.now();
-  readonly requestId: string;
-  readonly rt: Runtime;
-  principal: Principal | null = null;
-  backend: CompiledBackend | null = null;
-  route: Route | null = null;
-  endpoint: EndpointState | null = null;
-  model: string | null = null;
-  ttfbMs: number | null = null;
-  bytesIn = 0;
-  tap: UsageTap | null = null;
-  controller: AbortController | null = null;
-  timer: NodeJS.Timeout | null = null;
-
-  constructor(requestId: string, rt: Runtime) {
-    this.requestId = requestId;
-    this.rt = rt;
-  }
-}
-
-function baseHeaders(requestId: string, version: string): Record<string, string> {
-  return { 'x-request-id': requestId, via: '1.1 gpugate', 'x-gpugate-version': version };
-}
+/** Abort reason for an attempt dropped because its status is retried elsewhere. */
+const RETRY_ELSEWHERE = new Error('retrying on another endpoint');
 
 function isJson(contentType: string | undefined): boolean {
   return (
@@ -124,37 +105,378 @@ export function modelsFor(rt: Runtime, principal: Principal | null): string[] {
   return out.sort();
 }
 
-export function proxyPlugin(deps: ProxyDeps) {
-  const viaEntry = `1.1 gpugate (${deps.instanceId})`;
-  const viaMarker = `gpugate (${deps.instanceId})`;
+/** One upstream attempt: the undici dispatch handler, forwarding events to its exchange. */
+class Attempt implements Dispatcher.DispatchHandler {
+  readonly ex: Exchange;
+  readonly endpoint: EndpointState;
+  controller: Dispatcher.DispatchController | null = null;
+  #released = false;
 
-  function sendError(reply: FastifyReply, requestId: string, err: GatewayError, close = false): FastifyReply {
-    reply
-      .code(err.status)
-      .headers(baseHeaders(requestId, deps.version))
-      .header('content-type', 'application/json');
-    if (err.headers) reply.headers(err.headers);
-    // The client may still be sending a body we will not read: do not keep the connection.
-    if (close) reply.header('connection', 'close');
-    return reply.send(errorBody(err, requestId));
+  constructor(ex: Exchange, endpoint: EndpointState) {
+    this.ex = ex;
+    this.endpoint = endpoint;
+    endpoint.acquire();
   }
 
-  function finish(ex: Exchange, reply: FastifyReply): void {
-    const res = reply.raw;
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.endpoint.release();
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    const reason = this.ex.abortReason;
+    if (reason) controller.abort(reason);
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void {
+    this.ex.onUpstreamHeaders(this, controller, status, headers);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.ex.onUpstreamData(this, controller, chunk);
+  }
+
+  onResponseEnd(): void {
+    this.ex.onUpstreamEnd(this);
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.ex.onUpstreamError(this, err);
+  }
+}
+
+/** State of one request through the proxy. */
+class Exchange {
+  readonly start = performance.now();
+  readonly time = Date.now();
+  readonly requestId: string;
+  readonly rt: Runtime;
+  readonly proxy: Proxy;
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  principal: Principal | null = null;
+  backend: CompiledBackend | null = null;
+  route: Route | null = null;
+  endpoint: EndpointState | null = null;
+  model: string | null = null;
+  ttfbMs: number | null = null;
+  bytesIn = 0;
+  tap: UsageTap | null = null;
+  timer: NodeJS.Timeout | null = null;
+  abortReason: Error | null = null;
+  /** Created only when the request waits in a backend queue. */
+  queueAbort: AbortController | null = null;
+  // forwarding
+  path = '';
+  method = '';
+  url = '';
+  body: Buffer | Readable | null = null;
+  replayable = true;
+  upstreamHeaders: Record<string, string> = {};
+  attemptsLeft = 0;
+  tried: EndpointState[] = [];
+  pinned: EndpointState | null = null;
+  current: Attempt | null = null;
+  lastError: GatewayError | null = null;
+  headersSent = false;
+  /** Submit responses are held whole until the task id is recorded. */
+  held: Buffer[] | null = null;
+  heldBytes = 0;
+  heldStatus = 0;
+  heldHeaders: Record<string, string | string[] | undefined> = {};
+  #waitingDrain = false;
+
+  constructor(proxy: Proxy, requestId: string, rt: Runtime, req: IncomingMessage, res: ServerResponse) {
+    this.proxy = proxy;
+    this.requestId = requestId;
+    this.rt = rt;
+    this.req = req;
+    this.res = res;
+  }
+
+  abort(reason: Error): void {
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    this.current?.controller?.abort(reason);
+    this.queueAbort?.abort(reason);
+  }
+
+  /** Picks an endpoint and dispatches; loops through the wait queue when every endpoint is full. */
+  async next(): Promise<void> {
+    const cb = this.backend as CompiledBackend;
+    for (;;) {
+      if (this.abortReason) return this.failBeforeHeaders();
+      let e: EndpointState | GatewayError | 'wait';
+      if (this.pinned) e = this.pinned;
+      else e = this.proxy.pickEndpoint(cb, this.tried);
+      if (e === 'wait') {
+        this.queueAbort ??= new AbortController();
+        const remaining = cb.backend.balancing.queueTimeoutMs - (performance.now() - this.start);
+        const woken = remaining > 0 && (await cb.state.wait(remaining, this.queueAbort.signal));
+        if (woken || this.abortReason) continue;
+        e = this.proxy.queueFull(cb);
+      }
+      if ('status' in e) {
+        this.lastError ??= e;
+        return this.failBeforeHeaders();
+      }
+      this.dispatch(e);
+      return;
+    }
+  }
+
+  dispatch(e: EndpointState): void {
+    const cb = this.backend as CompiledBackend;
+    if (this.tried.length > 0) this.proxy.deps.metrics.retries(cb.id).inc();
+    this.tried.push(e);
+    this.attemptsLeft--;
+    const attempt = new Attempt(this, e);
+    this.current = attempt;
+    e.pool.dispatch(
+      {
+        origin: e.origin,
+        path: e.basePath + this.url,
+        method: this.method as Dispatcher.HttpMethod,
+        headers: this.upstreamHeaders,
+        body: this.body,
+        headersTimeout: cb.backend.timeouts.firstByteMs,
+        // The total timer bounds the whole exchange; no separate idle limit between chunks.
+        bodyTimeout: 0,
+      },
+      attempt,
+    );
+  }
+
+  onUpstreamHeaders(
+    attempt: Attempt,
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void {
+    if (attempt !== this.current) return;
+    const cb = this.backend as CompiledBackend;
+    const e = attempt.endpoint;
+    recordOutcome(e, status >= 500, Date.now(), this.proxy.deps.outlier, this.proxy.onEject);
+    if (this.attemptsLeft > 0 && cb.retryOnStatus.has(status) && !this.abortReason) {
+      // The backend said it did not take the request (e.g. 503 overloaded): try another endpoint.
+      this.proxy.deps.metrics.upstreamErrors(cb.id, 'status').inc();
+      this.current = null;
+      controller.abort(RETRY_ELSEWHERE);
+      attempt.release();
+      void this.next();
+      return;
+    }
+    this.endpoint = e;
+    this.ttfbMs = Math.round(performance.now() - this.start);
+    if (headers['x-gpugate-version'] !== undefined) e.gateway = true;
+    const contentType = headers['content-type'];
+    this.tap = new UsageTap(
+      typeof contentType === 'string' ? contentType : undefined,
+      cb.backend.protocol === 'openai',
+    );
+    const asyncTasks = cb.backend.asyncTasks;
+    if (
+      asyncTasks &&
+      status < 300 &&
+      this.method === 'POST' &&
+      this.path.startsWith(asyncTasks.submitPathPrefix)
+    ) {
+      this.held = [];
+      this.heldStatus = status;
+      this.heldHeaders = headers;
+      return;
+    }
+    this.headersSent = true;
+    this.res.writeHead(status, this.proxy.responseHeaders(headers, this.requestId, this.rt, cb));
+  }
+
+  onUpstreamData(attempt: Attempt, controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (attempt !== this.current) return;
+    (this.tap as UsageTap).onData(chunk);
+    if (this.held) {
+      this.heldBytes += chunk.length;
+      if (this.heldBytes > MAX_SUBMIT_RESPONSE_BYTES) {
+        controller.abort(new Error('submit response too large to record'));
+        return;
+      }
+      this.held.push(chunk);
+      return;
+    }
+    if (!this.res.write(chunk) && !this.#waitingDrain) {
+      // The client reads slower than the upstream sends: stop reading the upstream until it drains.
+      this.#waitingDrain = true;
+      controller.pause();
+      this.res.once('drain', () => {
+        this.#waitingDrain = false;
+        controller.resume();
+      });
+    }
+  }
+
+  onUpstreamEnd(attempt: Attempt): void {
+    if (attempt !== this.current) return;
+    attempt.release();
+    if (this.held) {
+      void this.finishSubmit();
+      return;
+    }
+    this.res.end();
+  }
+
+  onUpstreamError(attempt: Attempt, err: Error): void {
+    attempt.release();
+    if (attempt !== this.current) return;
+    this.current = null;
+    const cb = this.backend as CompiledBackend;
+    if (this.headersSent) {
+      // Bytes already reached the client: nothing to retry or to answer; cut the response.
+      if (this.abortReason !== CLIENT_ABORT) {
+        this.proxy.deps.logger.warn(
+          { requestId: this.requestId, backend: cb.id, err: err.message },
+          'upstream failed mid-response',
+        );
+      }
+      this.res.destroy();
+      return;
+    }
+    if (this.abortReason === CLIENT_ABORT) return;
+    const failure = classifyFailure(err, this.abortReason, cb.id);
+    const deps = this.proxy.deps;
+    deps.metrics.upstreamErrors(cb.id, failure.kind).inc();
+    if (failure.endpointFault)
+      recordOutcome(attempt.endpoint, true, Date.now(), deps.outlier, this.proxy.onEject);
+    this.lastError = failure.error;
+    deps.logger.warn(
+      {
+        requestId: this.requestId,
+        backend: cb.id,
+        endpoint: attempt.endpoint.id,
+        kind: failure.kind,
+        err: err.message,
+      },
+      'upstream attempt failed',
+    );
+    if (!failure.reached && this.attemptsLeft > 0 && this.replayable && !this.abortReason) {
+      this.held = null;
+      this.heldBytes = 0;
+      void this.next();
+      return;
+    }
+    this.failBeforeHeaders();
+  }
+
+  failBeforeHeaders(): void {
+    if (this.abortReason === CLIENT_ABORT || this.res.headersSent) return;
+    const err =
+      this.abortReason === TOTAL_TIMEOUT
+        ? classifyFailure(null, TOTAL_TIMEOUT, this.backend?.id ?? '').error
+        : (this.lastError ?? gatewayError(502, 'upstream_error', 'upstream_failed', 'the backend failed'));
+    this.proxy.writeError(this, err, this.body !== null && !this.replayable);
+  }
+
+  async finishSubmit(): Promise<void> {
+    const cb = this.backend as CompiledBackend;
+    const asyncTasks = cb.backend.asyncTasks;
+    const body = Buffer.concat(this.held as Buffer[]);
+    if (asyncTasks && this.endpoint) {
+      await this.proxy.recordTask(
+        body,
+        asyncTasks.taskIdField,
+        asyncTasks.ttlMs,
+        cb,
+        this.endpoint,
+        this.principal?.tenant.id ?? '',
+        this.requestId,
+      );
+    }
+    if (this.res.destroyed) return;
+    const headers = this.proxy.responseHeaders(this.heldHeaders, this.requestId, this.rt, cb);
+    headers['content-length'] = body.length;
+    delete headers['transfer-encoding'];
+    this.headersSent = true;
+    this.res.writeHead(this.heldStatus, headers);
+    this.res.end(body);
+  }
+}
+
+/** The proxy's request handling, bound to its dependencies once. */
+class Proxy {
+  readonly deps: ProxyDeps;
+  readonly viaEntry: string;
+  readonly viaMarker: string;
+  readonly baseHeaderNames: readonly [string, string][];
+
+  constructor(deps: ProxyDeps) {
+    this.deps = deps;
+    this.viaEntry = `1.1 gpugate (${deps.instanceId})`;
+    this.viaMarker = `gpugate (${deps.instanceId})`;
+    this.baseHeaderNames = [
+      ['via', '1.1 gpugate'],
+      ['x-gpugate-version', deps.version],
+    ];
+  }
+
+  readonly onEject = (e: EndpointState, forMs: number): void => {
+    this.deps.metrics.ejections(e.backendId).inc();
+    this.deps.logger.warn(
+      { backend: e.backendId, endpoint: e.id, forMs },
+      'endpoint ejected after consecutive failures',
+    );
+  };
+
+  responseHeaders(
+    upstream: Record<string, string | string[] | undefined>,
+    requestId: string,
+    rt: Runtime,
+    cb: CompiledBackend,
+  ): Record<string, string | string[] | number> {
+    return downstreamResponseHeaders(upstream, {
+      requestId,
+      version: this.deps.version,
+      backend: rt.settings.exposeBackendHeader ? cb.id : null,
+    }) as Record<string, string | string[] | number>;
+  }
+
+  /** Writes a gateway error in the JSON shape. `close`: the client may still be sending a body we will not read. */
+  writeError(ex: { res: ServerResponse; requestId: string }, err: GatewayError, close = false): void {
+    const res = ex.res;
+    if (res.headersSent || res.destroyed) return;
+    const body = errorBody(err, ex.requestId);
+    const headers: Record<string, string | number> = {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': ex.requestId,
+      via: '1.1 gpugate',
+      'x-gpugate-version': this.deps.version,
+      ...err.headers,
+    };
+    if (close) headers.connection = 'close';
+    res.writeHead(err.status, headers);
+    res.end(body);
+  }
+
+  finish(ex: Exchange): void {
+    const res = ex.res;
     const aborted = !res.writableFinished;
-    if (aborted && ex.controller && !ex.controller.signal.aborted) ex.controller.abort(CLIENT_ABORT);
+    if (aborted) ex.abort(CLIENT_ABORT);
     if (ex.timer) clearTimeout(ex.timer);
     ex.rt.leave();
     // 499 (client closed request, as nginx logs it) when the client left before the end.
     const status = aborted ? 499 : res.statusCode;
     const seconds = (performance.now() - ex.start) / 1000;
-    const children = ex.backend ? ex.backend.metrics : deps.metrics.requestChildren('');
+    const children = ex.backend ? ex.backend.metrics : this.deps.metrics.requestChildren('');
     children.byClass[codeClass(status)].inc();
     children.duration.observe(seconds);
-    if (deps.usageSink && ex.principal) emitUsage(ex, status, seconds);
+    if (this.deps.usageSink && ex.principal) this.emitUsage(ex, status, seconds);
   }
 
-  function emitUsage(ex: Exchange, status: number, seconds: number): void {
+  emitUsage(ex: Exchange, status: number, seconds: number): void {
     const b = ex.backend;
     const openai = b?.backend.protocol === 'openai';
     const reported = openai && ex.tap ? ex.tap.usage() : null;
@@ -173,7 +495,7 @@ export function proxyPlugin(deps: ProxyDeps) {
     }
     const principal = ex.principal as Principal;
     try {
-      deps.usageSink?.record({
+      this.deps.usageSink?.record({
         requestId: ex.requestId,
         time: ex.time,
         tenant: principal.tenant.id,
@@ -194,91 +516,85 @@ export function proxyPlugin(deps: ProxyDeps) {
         credits,
       });
     } catch (err) {
-      deps.logger.error({ err, requestId: ex.requestId }, 'usage sink threw; event dropped');
+      this.deps.logger.error({ err, requestId: ex.requestId }, 'usage sink threw; event dropped');
     }
   }
 
-  /** Healthy endpoints below their in-flight limit, not yet tried; waits in the backend's queue when all are full. */
-  async function pickEndpoint(
-    cb: CompiledBackend,
-    tried: readonly EndpointState[],
-    signal: AbortSignal,
-  ): Promise<EndpointState | GatewayError> {
-    const { maxInflightPerEndpoint: maxInflight, maxQueue, queueTimeoutMs } = cb.backend.balancing;
-    const deadline = performance.now() + queueTimeoutMs;
-    for (;;) {
-      const now = Date.now();
-      let ready = 0;
-      let healthy = 0;
-      const candidates: EndpointState[] = [];
+  /**
+   * A healthy endpoint below its in-flight limit, not yet tried by this request, chosen by the
+   * backend's policy; 'wait' when every candidate is full and the queue has room.
+   */
+  pickEndpoint(cb: CompiledBackend, tried: readonly EndpointState[]): EndpointState | GatewayError | 'wait' {
+    const { maxInflightPerEndpoint: maxInflight, maxQueue } = cb.backend.balancing;
+    const now = Date.now();
+    let ready = 0;
+    let healthy = 0;
+    let full = 0;
+    const candidates: EndpointState[] = [];
+    for (const e of cb.endpoints) {
+      if (!e.ready) continue;
+      ready++;
+      if (!e.healthy(now)) continue;
+      healthy++;
+      if (tried.length > 0 && tried.includes(e)) continue;
+      if (maxInflight > 0 && e.inflight >= maxInflight) {
+        full++;
+        continue;
+      }
+      candidates.push(e);
+    }
+    if (ready === 0) {
+      return gatewayError(
+        503,
+        'overloaded_error',
+        'no_endpoints',
+        `backend ${cb.id} has no ready endpoints`,
+        {
+          'retry-after': '5',
+        },
+      );
+    }
+    if (healthy === 0 || (healthy * 100) / ready < this.deps.panicThresholdPercent) {
+      // Panic: too few healthy endpoints. Ignore health rather than fail everything, and say so.
+      this.deps.metrics.panics(cb.id).inc();
+      if (healthy === 0) {
+        this.deps.logger.warn(
+          { backend: cb.id, ready },
+          'no healthy endpoint: panic routing to all ready endpoints',
+        );
+      }
       for (const e of cb.endpoints) {
-        if (!e.ready) continue;
-        ready++;
-        if (!e.healthy(now)) continue;
-        healthy++;
-        if (tried.includes(e) || (maxInflight > 0 && e.inflight >= maxInflight)) continue;
-        candidates.push(e);
+        if (!e.ready || e.healthy(now) || tried.includes(e)) continue;
+        if (maxInflight > 0 && e.inflight >= maxInflight) full++;
+        else candidates.push(e);
       }
-      if (ready === 0) {
-        return gatewayError(
-          503,
-          'overloaded_error',
-          'no_endpoints',
-          `backend ${cb.id} has no ready endpoints`,
-          {
-            'retry-after': '5',
-          },
-        );
-      }
-      if (healthy === 0 || (healthy * 100) / ready < deps.panicThresholdPercent) {
-        // Panic: too few healthy endpoints. Ignore health rather than fail everything, and say so.
-        deps.metrics.panics(cb.id).inc();
-        if (healthy === 0)
-          deps.logger.warn(
-            { backend: cb.id, ready },
-            'no healthy endpoint: panic routing to all ready endpoints',
-          );
-        for (const e of cb.endpoints) {
-          if (
-            e.ready &&
-            !e.healthy(now) &&
-            !tried.includes(e) &&
-            (maxInflight === 0 || e.inflight < maxInflight)
-          ) {
-            candidates.push(e);
-          }
-        }
-      }
-      if (candidates.length > 0) return cb.balancer.pick(candidates, now);
-      const remaining = deadline - performance.now();
-      const anyFull =
-        maxInflight > 0 &&
-        cb.endpoints.some((e) => e.ready && !tried.includes(e) && e.inflight >= maxInflight);
-      if (!anyFull) {
-        return gatewayError(
-          502,
-          'upstream_error',
-          'no_endpoint_left',
-          `every endpoint of backend ${cb.id} failed`,
-        );
-      }
-      if (cb.state.waiters.length >= maxQueue || remaining <= 0) {
-        deps.metrics.queueRejections(cb.id).inc();
-        return gatewayError(
-          503,
-          'overloaded_error',
-          'endpoints_busy',
-          `every endpoint of backend ${cb.id} is at its in-flight limit (${maxInflight}); retry later`,
-          { 'retry-after': String(Math.max(1, Math.ceil(queueTimeoutMs / 1000))) },
-        );
-      }
-      await cb.state.wait(remaining, signal);
-      if (signal.aborted)
-        return gatewayError(499, 'invalid_request_error', 'client_closed', 'client closed the request');
     }
+    if (candidates.length > 0) return cb.balancer.pick(candidates, now);
+    if (full === 0) {
+      return gatewayError(
+        502,
+        'upstream_error',
+        'no_endpoint_left',
+        `every endpoint of backend ${cb.id} failed`,
+      );
+    }
+    if (cb.state.waiters.length >= maxQueue) return this.queueFull(cb);
+    return 'wait';
   }
 
-  function chooseBackend(
+  queueFull(cb: CompiledBackend): GatewayError {
+    const { maxInflightPerEndpoint, queueTimeoutMs } = cb.backend.balancing;
+    this.deps.metrics.queueRejections(cb.id).inc();
+    return gatewayError(
+      503,
+      'overloaded_error',
+      'endpoints_busy',
+      `every endpoint of backend ${cb.id} is at its in-flight limit (${maxInflightPerEndpoint}); retry later`,
+      { 'retry-after': String(Math.max(1, Math.ceil(queueTimeoutMs / 1000))) },
+    );
+  }
+
+  chooseBackend(
     entries: readonly RouteEntry<CompiledBackend>[],
     model: string | null,
     principal: Principal | null,
@@ -309,298 +625,18 @@ export function proxyPlugin(deps: ProxyDeps) {
       }
     }
     if (principal) {
-      const allowed = serving.filter((e) => backendAllowed(principal, e.backend.id));
-      if (allowed.length === 0) {
-        return gatewayError(
-          403,
-          'permission_error',
-          'backend_not_allowed',
-          `tenant ${principal.tenant.id} may not use the backend serving this request`,
-        );
-      }
-      return allowed[0] as RouteEntry<CompiledBackend>;
+      for (const e of serving) if (backendAllowed(principal, e.backend.id)) return e;
+      return gatewayError(
+        403,
+        'permission_error',
+        'backend_not_allowed',
+        `tenant ${principal.tenant.id} may not use the backend serving this request`,
+      );
     }
     return serving[0] as RouteEntry<CompiledBackend>;
   }
 
-  async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const req = request.raw;
-    const requestId = request.id;
-    const rt = deps.current();
-    if (!rt)
-      return sendError(
-        reply,
-        requestId,
-        gatewayError(503, 'overloaded_error', 'not_ready', 'the gateway has no configuration yet', {
-          'retry-after': '1',
-        }),
-      );
-    const via = req.headers.via;
-    if (via !== undefined && via.includes(viaMarker)) {
-      return sendError(
-        reply,
-        requestId,
-        gatewayError(
-          508,
-          'loop_detected',
-          'loop_detected',
-          'the request already passed through this gateway',
-        ),
-      );
-    }
-    rt.enter();
-    const ex = new Exchange(requestId, rt);
-    reply.raw.once('close', () => finish(ex, reply));
-
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const path = q < 0 ? url : url.slice(0, q);
-    const method = req.method ?? 'GET';
-
-    if (path === '/v1/models' && (method === 'GET' || method === 'HEAD')) return listModels(ex, reply);
-
-    let entries = rt.routes.match(path, method);
-    if (entries === null) {
-      return sendError(
-        reply,
-        requestId,
-        gatewayError(404, 'not_found_error', 'unknown_path', `no route for ${path}`),
-      );
-    }
-    if (entries.length === 0) {
-      return sendError(
-        reply,
-        requestId,
-        gatewayError(
-          405,
-          'invalid_request_error',
-          'method_not_allowed',
-          `${method} is not allowed on ${path}`,
-        ),
-      );
-    }
-    // The longest matching prefix decides whether the request is public; a public request may only
-    // reach public routes.
-    const longest = (entries[0] as RouteEntry<CompiledBackend>).route.pathPrefix;
-    if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
-      entries = entries.filter((e) => e.route.public);
-    } else {
-      const who = identify(req.headers, rt.keys, Date.now());
-      if (!who.ok) return sendError(reply, requestId, who.error, true);
-      ex.principal = who.principal;
-    }
-
-    const headers = req.headers;
-    const cl = headers['content-length'];
-    const contentLength = cl === undefined ? -1 : Number(cl);
-    const chunked = headers['transfer-encoding'] !== undefined;
-    const hasBody = contentLength > 0 || chunked;
-    const modelHeader = headers['x-gpugate-model'];
-    let model = typeof modelHeader === 'string' && modelHeader !== '' ? modelHeader : null;
-    let buffered: Buffer | null = null;
-    if (
-      contentLength > 0 &&
-      contentLength <= rt.settings.maxJsonPeekBytes &&
-      isJson(headers['content-type'])
-    ) {
-      buffered = await readDeclaredBody(req, contentLength);
-      if (buffered === null) return reply; // the client went away mid-body
-      model = peekModel(buffered) ?? model;
-    }
-    ex.model = model;
-    ex.bytesIn = contentLength > 0 ? contentLength : 0;
-
-    let pinned: EndpointState | null = null;
-    let entry: RouteEntry<CompiledBackend> | GatewayError;
-    const task = await findTask(entries, path);
-    if (task) {
-      if ('status' in task) return sendError(reply, requestId, task, !buffered && hasBody);
-      const tenant = ex.principal?.tenant.id ?? '';
-      const e = task.entry.backend.byEndpointId.get(task.endpointId);
-      if (task.tenant !== tenant || !e) {
-        return sendError(
-          reply,
-          requestId,
-          gatewayError(404, 'not_found_error', 'unknown_task', 'no such task'),
-          !buffered && hasBody,
-        );
-      }
-      entry = task.entry;
-      pinned = e;
-    } else {
-      entry = chooseBackend(entries, model, ex.principal, rt);
-    }
-    if ('status' in entry) return sendError(reply, requestId, entry, !buffered && hasBody);
-    const cb = entry.backend;
-    ex.backend = cb;
-    ex.route = entry.route;
-    const backend = cb.backend;
-    if (contentLength > backend.maxRequestBytes) {
-      return sendError(
-        reply,
-        requestId,
-        gatewayError(
-          413,
-          'request_too_large',
-          'request_too_large',
-          `request body of ${contentLength} bytes exceeds the ${backend.maxRequestBytes} bytes backend ${cb.id} accepts`,
-        ),
-        true,
-      );
-    }
-    let body: Buffer | Readable | null = buffered;
-    if (!buffered && hasBody) {
-      if (contentLength < 0) {
-        const limited = new BodyLimit(backend.maxRequestBytes);
-        req.pipe(limited);
-        body = limited;
-      } else {
-        body = req;
-      }
-    }
-
-    const controller = new AbortController();
-    ex.controller = controller;
-    const signal = controller.signal;
-    const { firstByteMs, totalMs } = backend.timeouts;
-    if (totalMs > 0) ex.timer = setTimeout(() => controller.abort(TOTAL_TIMEOUT), totalMs);
-
-    const upstreamHeaders = upstreamRequestHeaders(headers, {
-      requestId,
-      clientIp: req.socket.remoteAddress ?? '',
-      proto: 'http',
-      via: viaEntry,
-      identity: {
-        tenant: ex.principal?.tenant.id ?? null,
-        userId: ex.principal?.userId ?? null,
-        userName: ex.principal?.userName ?? null,
-      },
-      upstreamAuth: backend.upstreamAuth,
-    });
-    const replayable = body === null || buffered !== null;
-    const attempts = 1 + (replayable && pinned === null ? backend.retries.attempts : 0);
-    const tried: EndpointState[] = [];
-    let lastError: GatewayError | null = null;
-    for (let attempt = 0; attempt < attempts; attempt++) {
-      let e: EndpointState;
-      if (pinned) {
-        e = pinned;
-      } else {
-        const picked = await pickEndpoint(cb, tried, signal);
-        if ('status' in picked) {
-          if (signal.aborted) return reply;
-          return sendError(reply, requestId, lastError ?? picked, body !== null && !replayable);
-        }
-        e = picked;
-      }
-      if (attempt > 0) deps.metrics.retries(cb.id).inc();
-      tried.push(e);
-      e.acquire();
-      let upstream;
-      try {
-        upstream = await e.pool.request({
-          path: e.basePath + url,
-          method,
-          headers: upstreamHeaders,
-          body,
-          signal,
-          headersTimeout: firstByteMs,
-          // The total timer bounds the whole exchange; no separate idle limit between chunks.
-          bodyTimeout: 0,
-        });
-      } catch (err) {
-        e.release();
-        if (signal.reason === CLIENT_ABORT) return reply;
-        const failure = classifyFailure(err, signal.reason, cb.id);
-        deps.metrics.upstreamErrors(cb.id, failure.kind).inc();
-        if (failure.endpointFault) recordOutcome(e, true, Date.now(), deps.outlier, onEject);
-        lastError = failure.error;
-        deps.logger.warn(
-          { requestId, backend: cb.id, endpoint: e.id, kind: failure.kind, err: (err as Error).message },
-          'upstream attempt failed',
-        );
-        if (!failure.reached && attempt + 1 < attempts) continue;
-        break;
-      }
-      const status = upstream.statusCode;
-      recordOutcome(e, status >= 500, Date.now(), deps.outlier, onEject);
-      if (attempt + 1 < attempts && cb.retryOnStatus.has(status)) {
-        // The backend said it did not take the request (e.g. 503 overloaded): try another endpoint.
-        upstream.body.destroy();
-        e.release();
-        deps.metrics.upstreamErrors(cb.id, 'status').inc();
-        lastError = null;
-        continue;
-      }
-      ex.endpoint = e;
-      ex.ttfbMs = Math.round(performance.now() - ex.start);
-      if (upstream.headers['x-gpugate-version'] !== undefined) e.gateway = true;
-      const upstreamBody = upstream.body;
-      upstreamBody.once('close', () => e.release());
-      const contentType = upstream.headers['content-type'];
-      const tap = new UsageTap(
-        typeof contentType === 'string' ? contentType : undefined,
-        backend.protocol === 'openai',
-      );
-      ex.tap = tap;
-      reply.code(status).headers(
-        downstreamResponseHeaders(upstream.headers, {
-          requestId,
-          version: deps.version,
-          backend: rt.settings.exposeBackendHeader ? cb.id : null,
-        }),
-      );
-      const asyncTasks = backend.asyncTasks;
-      if (asyncTasks && status < 300 && method === 'POST' && path.startsWith(asyncTasks.submitPathPrefix)) {
-        // Submit responses are small JSON: read them whole so the task is recorded before the client
-        // can ask for its status.
-        const text = await readBounded(upstreamBody, MAX_SUBMIT_RESPONSE_BYTES, tap);
-        if (text === null) {
-          if (signal.reason === CLIENT_ABORT) return reply;
-          return sendError(
-            reply,
-            requestId,
-            gatewayError(
-              502,
-              'upstream_error',
-              'bad_submit_response',
-              `backend ${cb.id} sent a task submit response that could not be read whole`,
-            ),
-          );
-        }
-        await recordTask(
-          text,
-          asyncTasks.taskIdField,
-          asyncTasks.ttlMs,
-          cb,
-          e,
-          ex.principal?.tenant.id ?? '',
-          requestId,
-        );
-        reply.removeHeader('content-length');
-        return reply.send(text);
-      }
-      upstreamBody.on('data', tap.onData);
-      return reply.send(upstreamBody);
-    }
-    if (signal.reason === CLIENT_ABORT) return reply;
-    return sendError(
-      reply,
-      requestId,
-      lastError ?? gatewayError(502, 'upstream_error', 'upstream_failed', `backend ${cb.id} failed`),
-      body !== null && !replayable,
-    );
-  }
-
-  function onEject(e: EndpointState, forMs: number): void {
-    deps.metrics.ejections(e.backendId).inc();
-    deps.logger.warn(
-      { backend: e.backendId, endpoint: e.id, forMs },
-      'endpoint ejected after consecutive failures',
-    );
-  }
-
-  async function findTask(
+  async findTask(
     entries: readonly RouteEntry<CompiledBackend>[],
     path: string,
   ): Promise<
@@ -610,15 +646,22 @@ export function proxyPlugin(deps: ProxyDeps) {
       for (const pattern of entry.backend.taskPatterns) {
         const m = pattern.exec(path);
         if (!m) continue;
-        const taskId = decodeURIComponent(m[1] as string);
-        const rec = await deps.taskStore.lookup(taskId).catch(() => undefined);
+        let taskId: string;
+        try {
+          taskId = decodeURIComponent(m[1] as string);
+        } catch {
+          return gatewayError(404, 'not_found_error', 'unknown_task', 'no such task');
+        }
+        const rec = await this.deps.taskStore.lookup(taskId).catch(() => undefined);
         if (rec === undefined) {
           return gatewayError(
             503,
             'overloaded_error',
             'task_store_unavailable',
             'the task store is unavailable; retry',
-            { 'retry-after': '1' },
+            {
+              'retry-after': '1',
+            },
           );
         }
         if (rec === null) return gatewayError(404, 'not_found_error', 'unknown_task', 'no such task');
@@ -630,7 +673,7 @@ export function proxyPlugin(deps: ProxyDeps) {
     return null;
   }
 
-  async function recordTask(
+  async recordTask(
     text: Buffer,
     field: string,
     ttlMs: number,
@@ -646,17 +689,17 @@ export function proxyPlugin(deps: ProxyDeps) {
       taskId = undefined;
     }
     if (typeof taskId !== 'string' && typeof taskId !== 'number') {
-      deps.logger.warn({ requestId, backend: cb.id, field }, 'submit response has no task id field');
+      this.deps.logger.warn({ requestId, backend: cb.id, field }, 'submit response has no task id field');
       return;
     }
-    await deps.taskStore.record(String(taskId), cb.id, e.id, tenant, ttlMs).catch((err: unknown) => {
-      deps.logger.error({ requestId, backend: cb.id, err }, 'could not record async task');
+    await this.deps.taskStore.record(String(taskId), cb.id, e.id, tenant, ttlMs).catch((err: unknown) => {
+      this.deps.logger.error({ requestId, backend: cb.id, err }, 'could not record async task');
     });
   }
 
-  function listModels(ex: Exchange, reply: FastifyReply): FastifyReply {
-    const who = identify(reply.request.raw.headers, ex.rt.keys, Date.now());
-    if (!who.ok) return sendError(reply, ex.requestId, who.error);
+  listModels(ex: Exchange): void {
+    const who = identify(ex.req.headers, ex.rt.keys, Date.now());
+    if (!who.ok) return this.writeError(ex, who.error);
     ex.principal = who.principal;
     const data = modelsFor(ex.rt, who.principal).map((id) => ({
       id,
@@ -664,37 +707,198 @@ export function proxyPlugin(deps: ProxyDeps) {
       created: 0,
       owned_by: 'gpugate',
     }));
-    reply
-      .code(200)
-      .headers(baseHeaders(ex.requestId, deps.version))
-      .header('content-type', 'application/json');
-    return reply.send(JSON.stringify({ object: 'list', data }));
+    const body = JSON.stringify({ object: 'list', data });
+    ex.res.writeHead(200, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': ex.requestId,
+      via: '1.1 gpugate',
+      'x-gpugate-version': this.deps.version,
+    });
+    ex.res.end(ex.method === 'HEAD' ? undefined : body);
   }
 
-  return async function proxy(app: FastifyInstance): Promise<void> {
+  readonly handle = (request: FastifyRequest, reply: FastifyReply): void => {
+    reply.hijack();
+    const req = request.raw;
+    const res = reply.raw;
+    const requestId = request.id;
+    const rt = this.deps.current();
+    if (!rt) {
+      return this.writeError(
+        { res, requestId },
+        gatewayError(503, 'overloaded_error', 'not_ready', 'the gateway has no configuration yet', {
+          'retry-after': '1',
+        }),
+        true,
+      );
+    }
+    const via = req.headers.via;
+    if (via !== undefined && via.includes(this.viaMarker)) {
+      return this.writeError(
+        { res, requestId },
+        gatewayError(
+          508,
+          'loop_detected',
+          'loop_detected',
+          'the request already passed through this gateway',
+        ),
+        true,
+      );
+    }
+    rt.enter();
+    const ex = new Exchange(this, requestId, rt, req, res);
+    res.once('close', () => this.finish(ex));
+    this.route(ex).catch((err: unknown) => {
+      this.deps.logger.error({ err, requestId }, 'proxy error');
+      this.writeError(ex, gatewayError(500, 'internal_error', 'internal_error', 'internal error'), true);
+    });
+  };
+
+  async route(ex: Exchange): Promise<void> {
+    const { req, rt, requestId } = ex;
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q < 0 ? url : url.slice(0, q);
+    const method = req.method ?? 'GET';
+    ex.url = url;
+    ex.path = path;
+    ex.method = method;
+
+    if (path === '/v1/models' && (method === 'GET' || method === 'HEAD')) return this.listModels(ex);
+
+    const headers = req.headers;
+    const cl = headers['content-length'];
+    const contentLength = cl === undefined ? -1 : Number(cl);
+    const hasBody = contentLength > 0 || headers['transfer-encoding'] !== undefined;
+
+    let entries = rt.routes.match(path, method);
+    if (entries === null) {
+      return this.writeError(
+        ex,
+        gatewayError(404, 'not_found_error', 'unknown_path', `no route for ${path}`),
+        hasBody,
+      );
+    }
+    if (entries.length === 0) {
+      return this.writeError(
+        ex,
+        gatewayError(
+          405,
+          'invalid_request_error',
+          'method_not_allowed',
+          `${method} is not allowed on ${path}`,
+        ),
+        hasBody,
+      );
+    }
+    // The longest matching prefix decides whether the request is public; a public request may only
+    // reach public routes.
+    const longest = (entries[0] as RouteEntry<CompiledBackend>).route.pathPrefix;
+    if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
+      entries = entries.filter((e) => e.route.public);
+    } else {
+      const who = identify(headers, rt.keys, Date.now());
+      if (!who.ok) return this.writeError(ex, who.error, hasBody);
+      ex.principal = who.principal;
+    }
+
+    const modelHeader = headers['x-gpugate-model'];
+    let model = typeof modelHeader === 'string' && modelHeader !== '' ? modelHeader : null;
+    let buffered: Buffer | null = null;
+    if (
+      contentLength > 0 &&
+      contentLength <= rt.settings.maxJsonPeekBytes &&
+      isJson(headers['content-type'])
+    ) {
+      buffered = await readDeclaredBody(req, contentLength);
+      if (buffered === null) return; // the client went away mid-body
+      model = peekModel(buffered) ?? model;
+    }
+    ex.model = model;
+    ex.bytesIn = contentLength > 0 ? contentLength : 0;
+    const unread = hasBody && buffered === null;
+
+    let entry: RouteEntry<CompiledBackend> | GatewayError;
+    const task = rt.hasAsyncTasks ? await this.findTask(entries, path) : null;
+    if (task) {
+      if ('status' in task) return this.writeError(ex, task, unread);
+      const e = task.entry.backend.byEndpointId.get(task.endpointId);
+      if (task.tenant !== (ex.principal?.tenant.id ?? '') || !e) {
+        return this.writeError(
+          ex,
+          gatewayError(404, 'not_found_error', 'unknown_task', 'no such task'),
+          unread,
+        );
+      }
+      entry = task.entry;
+      ex.pinned = e;
+    } else {
+      entry = this.chooseBackend(entries, model, ex.principal, rt);
+    }
+    if ('status' in entry) return this.writeError(ex, entry, unread);
+    const cb = entry.backend;
+    ex.backend = cb;
+    ex.route = entry.route;
+    const backend = cb.backend;
+    if (contentLength > backend.maxRequestBytes) {
+      return this.writeError(
+        ex,
+        gatewayError(
+          413,
+          'request_too_large',
+          'request_too_large',
+          `request body of ${contentLength} bytes exceeds the ${backend.maxRequestBytes} bytes backend ${cb.id} accepts`,
+        ),
+        true,
+      );
+    }
+    if (buffered) ex.body = buffered;
+    else if (hasBody) {
+      if (contentLength < 0) {
+        const limited = new BodyLimit(backend.maxRequestBytes);
+        req.pipe(limited);
+        ex.body = limited;
+      } else {
+        ex.body = req;
+      }
+    }
+    ex.replayable = ex.body === null || buffered !== null;
+    ex.attemptsLeft = 1 + (ex.replayable && ex.pinned === null ? backend.retries.attempts : 0);
+
+    const totalMs = backend.timeouts.totalMs;
+    if (totalMs > 0) ex.timer = setTimeout(() => this.onTotalTimeout(ex), totalMs);
+    const principal = ex.principal;
+    ex.upstreamHeaders = upstreamRequestHeaders(headers, {
+      requestId,
+      clientIp: req.socket.remoteAddress ?? '',
+      proto: 'http',
+      via: this.viaEntry,
+      identity: {
+        tenant: principal?.tenant.id ?? null,
+        userId: principal?.userId ?? null,
+        userName: principal?.userName ?? null,
+      },
+      upstreamAuth: backend.upstreamAuth,
+    });
+    await ex.next();
+  }
+
+  onTotalTimeout(ex: Exchange): void {
+    ex.timer = null;
+    ex.abort(TOTAL_TIMEOUT);
+    if (ex.headersSent) ex.res.destroy();
+    else if (!ex.current) ex.failBeforeHeaders();
+  }
+}
+
+export function proxyPlugin(deps: ProxyDeps) {
+  const proxy = new Proxy(deps);
+  return async function proxyScope(app: FastifyInstance): Promise<void> {
     app.removeAllContentTypeParsers();
     // Every body stays a raw stream: the handler decides what to buffer.
     app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
-    app.route({ method: METHODS, url: '/*', handler: handle });
-    app.route({ method: METHODS, url: '/', handler: handle });
+    app.route({ method: METHODS, url: '/*', handler: proxy.handle });
+    app.route({ method: METHODS, url: '/', handler: proxy.handle });
   };
-}
-
-function readBounded(body: Readable, max: number, tap: UsageTap): Promise<Buffer | null> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    body.on('data', (c: Buffer) => {
-      tap.onData(c);
-      size += c.length;
-      if (size > max) {
-        body.destroy();
-        resolve(null);
-        return;
-      }
-      chunks.push(c);
-    });
-    body.once('end', () => resolve(Buffer.concat(chunks)));
-    body.once('error', () => resolve(null));
-  });
 }

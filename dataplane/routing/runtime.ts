@@ -53,6 +53,8 @@ export class Runtime {
   readonly keys: KeyIndex;
   /** Models served by name (not '*'), for /v1/models and 404 hints, with the backends serving each. */
   readonly namedModels: ReadonlyMap<string, readonly CompiledBackend[]>;
+  /** True when some backend has async tasks, so paths are checked for task ids. */
+  readonly hasAsyncTasks: boolean;
   #active = 0;
   #retired = false;
   #onDrained: (() => void) | null = null;
@@ -101,6 +103,7 @@ export class Runtime {
     this.backends = backends;
     this.routes = new RouteTable(routeEntries);
     this.namedModels = namedModels;
+    this.hasAsyncTasks = backends.some((b) => b.taskPatterns.length > 0);
   }
 
   /** Every endpoint state this runtime references. */
