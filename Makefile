@@ -63,3 +63,23 @@ test: check ## Install what the tests need and run every test tier that runs her
 	vitest run
 
 .PHONY: help node deps crds crds-check lint format typecheck check run simulator test
+
+# ---- cluster harness (test/cluster, docs/testing.md) -------------------------------------------------------
+# A real control plane for tests: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
+# and helm built from Go modules into $(GPUGATE_CACHE) once per version (test/cluster/versions.env).
+CLUSTER_NAME ?= dev
+
+cluster-build: ## Build the cluster tier's binaries from Go modules (once per version; warm runs are no-ops)
+	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+	bash test/cluster/build.sh
+
+cluster-up: cluster-build $(DEPS_STAMP) ## Start a loopback cluster with fake GPU nodes and print its KUBECONFIG
+	tsx test/cluster/cli.ts up $(CLUSTER_NAME)
+
+cluster-down: $(DEPS_STAMP) ## Stop the cluster of cluster-up and remove its run folder
+	tsx test/cluster/cli.ts down $(CLUSTER_NAME)
+
+# `make test` on a fresh machine builds the binaries first; the cluster starts only when cluster tests run.
+test: cluster-build
+
+.PHONY: cluster-build cluster-up cluster-down
