@@ -251,6 +251,13 @@ export async function startCluster(options: StartOptions): Promise<ClusterInfo> 
       `--service-account-key-file=${pki.serviceAccount.publicKey}`,
       `--service-account-signing-key-file=${pki.serviceAccount.privateKey}`,
       '--service-cluster-ip-range=10.96.0.0/16',
+      `--requestheader-client-ca-file=${pki.frontProxy.ca}`,
+      '--requestheader-allowed-names=front-proxy-client',
+      '--requestheader-username-headers=X-Remote-User',
+      '--requestheader-group-headers=X-Remote-Group',
+      '--requestheader-extra-headers-prefix=X-Remote-Extra-',
+      `--proxy-client-cert-file=${pki.frontProxy.client.cert}`,
+      `--proxy-client-key-file=${pki.frontProxy.client.key}`,
       '--allow-privileged=true',
       '--profiling=false',
     ]);
@@ -447,6 +454,7 @@ interface Pki {
   ca: KeyPair;
   serving: KeyPair;
   serviceAccount: { privateKey: string; publicKey: string };
+  frontProxy: { ca: string; client: KeyPair };
   clients: Record<'admin' | 'controllerManager' | 'scheduler' | 'kwok', KeyPair>;
 }
 
@@ -506,12 +514,50 @@ async function makePki(dir: string): Promise<Pki> {
     scheduler: await client('scheduler', '/CN=system:kube-scheduler'),
     kwok: await client('kwok', '/O=system:masters/CN=kwok-controller'),
   };
+  // The aggregation layer's own CA and the client the API server presents to extension API servers; with it
+  // the API server publishes the requestheader CA that the controller manager and scheduler expect to find.
+  await openssl(
+    dir,
+    ['req', '-x509', ...ec, '-keyout', 'front-proxy-ca.key', '-out', 'front-proxy-ca.crt'].concat([
+      '-days',
+      '3650',
+      '-subj',
+      '/CN=gpugate-test-front-proxy-ca',
+    ]),
+  );
+  await openssl(
+    dir,
+    ['req', '-new', ...ec, '-keyout', 'front-proxy-client.key', '-out', 'front-proxy-client.csr'].concat([
+      '-subj',
+      '/CN=front-proxy-client',
+      '-addext',
+      'extendedKeyUsage=clientAuth',
+    ]),
+  );
+  await openssl(
+    dir,
+    ['x509', '-req', '-in', 'front-proxy-client.csr', '-CA', 'front-proxy-ca.crt']
+      .concat([
+        '-CAkey',
+        'front-proxy-ca.key',
+        '-CAcreateserial',
+        '-days',
+        '365',
+        '-copy_extensions',
+        'copyall',
+      ])
+      .concat(['-out', 'front-proxy-client.crt']),
+  );
   await openssl(dir, ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'sa.key']);
   await openssl(dir, ['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
   return {
     ca: { cert: join(dir, 'ca.crt'), key: join(dir, 'ca.key') },
     serving,
     serviceAccount: { privateKey: join(dir, 'sa.key'), publicKey: join(dir, 'sa.pub') },
+    frontProxy: {
+      ca: join(dir, 'front-proxy-ca.crt'),
+      client: { cert: join(dir, 'front-proxy-client.crt'), key: join(dir, 'front-proxy-client.key') },
+    },
     clients,
   };
 }

@@ -25,6 +25,7 @@
 //                                 creates the service account if absent and writes a kubeconfig holding a
 //                                 1-hour token for it; returns the path
 //   waitUntil(what, check, ms)    polls check() until it returns a value other than undefined/false
+//   binaries()                    paths of every built binary (helm for the chart tier, kubectl, ...)
 //
 // Namespaces are not deleted: the whole cluster is thrown away when the run ends. A suite lives in a project
 // with the global setup only if its file matches CLUSTER_TIERS in vitest.config.ts.
@@ -33,6 +34,8 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { inject } from 'vitest';
 import { runKubectl, writeKubeconfig, type ClusterInfo } from './cluster.ts';
+
+export { binaries } from './cluster.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
