@@ -82,8 +82,11 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const registry = opts.registry ?? new Registry();
   const instanceId = opts.instanceId ?? randomBytes(6).toString('hex');
   const store = new SnapshotStore();
-  const metrics = createMetrics(registry, () => store.ageMs());
   const upstreams = new UpstreamRegistry();
+  const metrics = createMetrics(registry, {
+    snapshotAgeMs: () => store.ageMs(),
+    queueDepths: () => upstreams.queueDepths(),
+  });
   const outlier: OutlierOptions = { ...DEFAULT_OUTLIER, ...opts.outlier };
   const scrapeIntervalMs = opts.scrapeIntervalMs ?? 1_000;
   let current: Runtime | null = null;

@@ -45,7 +45,13 @@ function cached<T>(make: (key: string) => T): (key: string) => T {
   };
 }
 
-export function createMetrics(registry: Registry, snapshotAgeMs: () => number | null): DataPlaneMetrics {
+export interface MetricSources {
+  snapshotAgeMs(): number | null;
+  /** Requests waiting for a free endpoint, per backend id. */
+  queueDepths(): Iterable<[string, number]>;
+}
+
+export function createMetrics(registry: Registry, sources: MetricSources): DataPlaneMetrics {
   const requests = new Counter({
     name: 'gpugate_proxy_requests_total',
     help: 'Requests answered by the proxy, by backend and status class',
@@ -118,8 +124,18 @@ export function createMetrics(registry: Registry, snapshotAgeMs: () => number | 
     help: 'Seconds since the current snapshot was applied',
     registers: [registry],
     collect() {
-      const age = snapshotAgeMs();
+      const age = sources.snapshotAgeMs();
       this.set(age === null ? -1 : age / 1000);
+    },
+  });
+  new Gauge({
+    name: 'gpugate_upstream_queued_requests',
+    help: 'Requests waiting because every endpoint of the backend is at maxInflightPerEndpoint',
+    labelNames: ['backend'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [backend, depth] of sources.queueDepths()) this.labels(backend).set(depth);
     },
   });
   return {

@@ -263,7 +263,12 @@ class Exchange {
     const cb = this.backend as CompiledBackend;
     const e = attempt.endpoint;
     recordOutcome(e, status >= 500, Date.now(), this.proxy.deps.outlier, this.proxy.onEject);
-    if (this.attemptsLeft > 0 && cb.retryOnStatus.has(status) && !this.abortReason) {
+    if (
+      this.attemptsLeft > 0 &&
+      cb.retryOnStatus.has(status) &&
+      !this.abortReason &&
+      this.untriedEndpointLeft(cb)
+    ) {
       // The backend said it did not take the request (e.g. 503 overloaded): try another endpoint.
       this.proxy.deps.metrics.upstreamErrors(cb.id, 'status').inc();
       this.current = null;
@@ -294,6 +299,11 @@ class Exchange {
     }
     this.headersSent = true;
     this.res.writeHead(status, this.proxy.responseHeaders(headers, this.requestId, this.rt, cb));
+  }
+
+  untriedEndpointLeft(cb: CompiledBackend): boolean {
+    for (const e of cb.endpoints) if (e.ready && !this.tried.includes(e)) return true;
+    return false;
   }
 
   onUpstreamData(attempt: Attempt, controller: Dispatcher.DispatchController, chunk: Buffer): void {

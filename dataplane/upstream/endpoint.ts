@@ -176,6 +176,10 @@ export class UpstreamRegistry {
     return closing;
   }
 
+  *queueDepths(): Iterable<[string, number]> {
+    for (const [id, b] of this.#backends) yield [id, b.waiters.length];
+  }
+
   /** Every endpoint state currently known (for shutdown). */
   all(): EndpointState[] {
     return [...this.#endpoints.values()];
