@@ -23,6 +23,7 @@ import { pino, type Logger } from 'pino';
 import type pg from 'pg';
 import type { Quota, Snapshot } from '../config/snapshot.ts';
 import { periodEnd, periodStart } from './period.ts';
+import { guardIdleErrors } from './writer.ts';
 
 export interface QuotaOptions {
   pool: pg.Pool;
@@ -228,6 +229,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
   const wallClock = options.now ?? Date.now;
   const logger = options.logger ?? pino({ enabled: false });
   const registry = options.registry ?? new Registry();
+  guardIdleErrors(pool, logger);
 
   const subjects = new Map<string, Subject>();
   /** Leases no longer used for admission that still have spend to settle or a remainder to return. */
@@ -491,7 +493,11 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         if (stale || idle || closed) retire(s);
       }
       const renewBefore = now + ttlMs / 2;
-      const toSettle = retiring.filter((l) => l.unsettled > 0);
+      // Retired leases with requests still in flight (streams can last minutes) keep being renewed,
+      // or the sweep would hand their reservation to others before those requests settle.
+      const toSettle = retiring.filter(
+        (l) => l.unsettled > 0 || (l.inflight > 0 && l.validUntil < renewBefore),
+      );
       for (const s of subjects.values()) {
         const lease = s.lease;
         if (lease && (lease.unsettled > 0 || lease.validUntil < renewBefore)) toSettle.push(lease);

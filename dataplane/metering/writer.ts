@@ -142,12 +142,19 @@ export async function insertUsageBatch(
   return result.rows[0]?.inserted ?? 0;
 }
 
+/**
+ * An idle pooled connection that loses its server (Postgres restarts, fails over) makes the pool emit
+ * 'error', which kills the process when nobody listens. The next statement reports the outage anyway.
+ */
+export function guardIdleErrors(pool: pg.Pool, logger: Logger): void {
+  if (pool.listenerCount('error') > 0) return;
+  pool.on('error', (err) => logger.warn({ err }, 'idle Postgres connection lost'));
+}
+
 export function createMeteringWriter(options: MeteringWriterOptions): MeteringWriter {
   if (!options.pool && !options.url) throw new Error('createMeteringWriter needs pool or url');
   const ownPool = !options.pool;
   const pool = options.pool ?? new pg.Pool({ connectionString: options.url, max: 2 });
-  // An idle pooled client that loses its server emits 'error'; the next flush reports the outage.
-  if (ownPool) pool.on('error', () => undefined);
   const flushIntervalMs = options.flushIntervalMs ?? 200;
   const maxBatch = options.maxBatch ?? 2000;
   const maxBuffer = Math.max(options.maxBuffer ?? 100_000, maxBatch);
@@ -156,6 +163,7 @@ export function createMeteringWriter(options: MeteringWriterOptions): MeteringWr
   const logger = options.logger ?? pino({ enabled: false });
   const now = options.now ?? Date.now;
   const registry = options.registry ?? new Registry();
+  guardIdleErrors(pool, logger);
 
   // A queue as an array with a moving head: record() is a push, a flush slices from the head.
   let queue: UsageEvent[] = [];

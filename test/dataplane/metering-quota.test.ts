@@ -75,6 +75,7 @@ describe('quota leases', () => {
 
   beforeAll(async () => {
     pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
     await migrate(pool);
   });
   beforeEach(async () => {

@@ -69,6 +69,7 @@ describe('three replicas sharing one tenant quota', () => {
 
   beforeAll(async () => {
     admin = new pg.Pool({ connectionString: db.url, max: 2 });
+    admin.on('error', () => undefined); // idle connections die when the suite's database is dropped
     await migrate(admin);
     replicas = [0, 1, 2].map(() => {
       const pool = new pg.Pool({ connectionString: db.url, max: 3 });

@@ -10,6 +10,7 @@ describe('async task store', () => {
   let pool: pg.Pool;
   beforeAll(async () => {
     pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
     await migrate(pool);
   });
   afterAll(() => pool.end());
