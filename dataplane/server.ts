@@ -15,7 +15,8 @@ import { createMetrics } from './metrics/metrics.ts';
 import { saneRequestId } from './proxy/headers.ts';
 import { proxyPlugin } from './proxy/proxy.ts';
 import { Runtime } from './routing/runtime.ts';
-import { MemoryTaskStore, type TaskStore } from './tasks/store.ts';
+import type { TaskStore } from './metering/tasks.ts';
+import { MemoryTaskStore } from './tasks/store.ts';
 import { UpstreamRegistry } from './upstream/endpoint.ts';
 import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
 
@@ -28,7 +29,10 @@ export interface DataPlaneOptions {
   /** Receives one usage event per admitted request; none: usage is not recorded. */
   usageSink?: UsageSink;
   registry?: Registry;
-  /** Where async task affinity is shared; in memory (this replica only) by default. */
+  /**
+   * Where async task affinity is kept: createTaskStore (dataplane/metering/tasks.ts) over Postgres to
+   * share it across replicas; in memory (this replica only) by default.
+   */
   taskStore?: TaskStore;
   listen: { host: string; port: number };
   /** token null disables PUT /config (a snapshot can still be applied in-process). */

@@ -18,7 +18,7 @@ import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import type { UsageSink } from '../metering/usage.ts';
 import type { CompiledBackend, Runtime } from '../routing/runtime.ts';
 import type { RouteEntry } from '../routing/routes.ts';
-import type { TaskStore } from '../tasks/store.ts';
+import type { TaskStore } from '../metering/tasks.ts';
 import type { EndpointState } from '../upstream/endpoint.ts';
 import { recordOutcome, type OutlierOptions } from '../upstream/health.ts';
 import { CLIENT_ABORT, classifyFailure, TOTAL_TIMEOUT } from './failures.ts';
@@ -646,24 +646,32 @@ class Proxy {
     return serving[0] as RouteEntry<CompiledBackend>;
   }
 
+  /**
+   * When the path carries a task id (a backend's asyncTasks.taskPaths), the endpoint that accepted
+   * the task; a 404 when no backend on this path knows the task for this tenant; null when the path
+   * is not a task path.
+   */
   async findTask(
     entries: readonly RouteEntry<CompiledBackend>[],
     path: string,
-  ): Promise<
-    { entry: RouteEntry<CompiledBackend>; endpointId: string; tenant: string } | GatewayError | null
-  > {
+    tenant: string,
+  ): Promise<{ entry: RouteEntry<CompiledBackend>; endpoint: EndpointState } | GatewayError | null> {
+    let isTaskPath = false;
     for (const entry of entries) {
       for (const pattern of entry.backend.taskPatterns) {
         const m = pattern.exec(path);
         if (!m) continue;
+        isTaskPath = true;
         let taskId: string;
         try {
           taskId = decodeURIComponent(m[1] as string);
         } catch {
-          return gatewayError(404, 'not_found_error', 'unknown_task', 'no such task');
+          continue;
         }
-        const rec = await this.deps.taskStore.lookup(taskId).catch(() => undefined);
-        if (rec === undefined) {
+        const endpointId = await this.deps.taskStore
+          .find(entry.backend.id, taskId, tenant)
+          .catch(() => undefined);
+        if (endpointId === undefined) {
           return gatewayError(
             503,
             'overloaded_error',
@@ -674,13 +682,11 @@ class Proxy {
             },
           );
         }
-        if (rec === null) return gatewayError(404, 'not_found_error', 'unknown_task', 'no such task');
-        const owner = entries.find((x) => x.backend.id === rec.backend);
-        if (!owner) return gatewayError(404, 'not_found_error', 'unknown_task', 'no such task');
-        return { entry: owner, endpointId: rec.endpointId, tenant: rec.tenant };
+        const endpoint = endpointId === null ? undefined : entry.backend.byEndpointId.get(endpointId);
+        if (endpoint) return { entry, endpoint };
       }
     }
-    return null;
+    return isTaskPath ? gatewayError(404, 'not_found_error', 'unknown_task', 'no such task') : null;
   }
 
   async recordTask(
@@ -702,7 +708,8 @@ class Proxy {
       this.deps.logger.warn({ requestId, backend: cb.id, field }, 'submit response has no task id field');
       return;
     }
-    await this.deps.taskStore.record(String(taskId), cb.id, e.id, tenant, ttlMs).catch((err: unknown) => {
+    const task = { backend: cb.id, taskId: String(taskId), endpoint: e.id, tenant };
+    await this.deps.taskStore.remember(task, ttlMs).catch((err: unknown) => {
       this.deps.logger.error({ requestId, backend: cb.id, err }, 'could not record async task');
     });
   }
@@ -830,19 +837,11 @@ class Proxy {
     const unread = hasBody && buffered === null;
 
     let entry: RouteEntry<CompiledBackend> | GatewayError;
-    const task = rt.hasAsyncTasks ? await this.findTask(entries, path) : null;
+    const task = rt.hasAsyncTasks ? await this.findTask(entries, path, ex.principal?.tenant.id ?? '') : null;
     if (task) {
       if ('status' in task) return this.writeError(ex, task, unread);
-      const e = task.entry.backend.byEndpointId.get(task.endpointId);
-      if (task.tenant !== (ex.principal?.tenant.id ?? '') || !e) {
-        return this.writeError(
-          ex,
-          gatewayError(404, 'not_found_error', 'unknown_task', 'no such task'),
-          unread,
-        );
-      }
       entry = task.entry;
-      ex.pinned = e;
+      ex.pinned = task.endpoint;
     } else {
       entry = this.chooseBackend(entries, model, ex.principal, rt);
     }

@@ -1,35 +1,29 @@
-// Async task affinity: a task id from a submit response is remembered with the endpoint that
-// accepted it and the tenant that submitted it, so status/download requests reach that endpoint from
-// any replica and only for that tenant. The shared implementation lives in Postgres (metering
-// fixture); this in-memory one serves a single replica and tests.
+// In-memory async task store for a single replica (the default, and for tests). Replicas that
+// share Postgres use createTaskStore from dataplane/metering/tasks.ts, the same interface.
+import type { AsyncTask, TaskStore } from '../metering/tasks.ts';
 
-export interface TaskRecord {
-  taskId: string;
-  backend: string;
-  endpointId: string;
-  /** Tenant id; '' for tasks submitted on a public route. */
+interface Entry {
+  endpoint: string;
   tenant: string;
-  /** Epoch ms after which the record is forgotten. */
   expiresAt: number;
 }
 
-export interface TaskStore {
-  record(taskId: string, backend: string, endpointId: string, tenant: string, ttlMs: number): Promise<void>;
-  lookup(taskId: string): Promise<TaskRecord | null>;
-}
-
-/** Bounded in-memory store: oldest entries go first when full, expired ones on lookup. */
+/** Bounded: the oldest entries go first when full; expired ones on lookup and sweep. */
 export class MemoryTaskStore implements TaskStore {
-  readonly #tasks = new Map<string, TaskRecord>();
+  readonly #tasks = new Map<string, Entry>();
   readonly #max: number;
 
   constructor(maxEntries = 100_000) {
     this.#max = maxEntries;
   }
 
-  record(taskId: string, backend: string, endpointId: string, tenant: string, ttlMs: number): Promise<void> {
-    this.#tasks.delete(taskId);
-    this.#tasks.set(taskId, { taskId, backend, endpointId, tenant, expiresAt: Date.now() + ttlMs });
+  remember(task: AsyncTask, ttlMs: number): Promise<void> {
+    const key = `${task.backend}\u0000${task.taskId}`;
+    const held = this.#tasks.get(key);
+    // A task id another tenant holds is not taken over (as in the Postgres store).
+    if (held && held.tenant !== task.tenant && held.expiresAt > Date.now()) return Promise.resolve();
+    this.#tasks.delete(key);
+    this.#tasks.set(key, { endpoint: task.endpoint, tenant: task.tenant, expiresAt: Date.now() + ttlMs });
     while (this.#tasks.size > this.#max) {
       const oldest = this.#tasks.keys().next().value;
       if (oldest === undefined) break;
@@ -38,13 +32,26 @@ export class MemoryTaskStore implements TaskStore {
     return Promise.resolve();
   }
 
-  lookup(taskId: string): Promise<TaskRecord | null> {
-    const r = this.#tasks.get(taskId);
-    if (!r) return Promise.resolve(null);
-    if (r.expiresAt <= Date.now()) {
-      this.#tasks.delete(taskId);
+  find(backend: string, taskId: string, tenant: string): Promise<string | null> {
+    const key = `${backend}\u0000${taskId}`;
+    const e = this.#tasks.get(key);
+    if (!e) return Promise.resolve(null);
+    if (e.expiresAt <= Date.now()) {
+      this.#tasks.delete(key);
       return Promise.resolve(null);
     }
-    return Promise.resolve(r);
+    return Promise.resolve(e.tenant === tenant ? e.endpoint : null);
+  }
+
+  sweepExpired(): Promise<number> {
+    const now = Date.now();
+    let n = 0;
+    for (const [k, e] of this.#tasks) {
+      if (e.expiresAt <= now) {
+        this.#tasks.delete(k);
+        n++;
+      }
+    }
+    return Promise.resolve(n);
   }
 }
