@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Registry } from 'prom-client';
 import { migrate } from '../../dataplane/metering/migrate.ts';
+import { createQuotaManager } from '../../dataplane/metering/quota.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, insertUsageBatch } from '../../dataplane/metering/writer.ts';
 import { startEmbeddedPostgres, type EmbeddedPostgresServer } from '../../operator/standalone/postgres.ts';
@@ -131,6 +132,40 @@ function line(label: string, run: Run): string {
   );
 }
 
+/** What quota admission adds to a request when the replica's slice covers it (no database). */
+async function admissionCost(pool: pg.Pool): Promise<void> {
+  const registry = new Registry();
+  const quota = createQuotaManager({ pool, syncIntervalMs: 200, idleReleaseMs: 60_000, registry });
+  const tenant = {
+    id: 'ns/bench',
+    suspended: false,
+    allowedModels: [],
+    allowedBackends: [],
+    limits: {},
+    quota: { credits: 1e12, period: 'Monthly' as const },
+    failOpen: true,
+    jwt: null,
+  };
+  await quota.applySnapshot({ tenants: [tenant], keys: [] });
+  const n = 1_000_000;
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) {
+    const d = await quota.admit('ns/bench', null, 1);
+    if (d.ok) quota.settle(d.ticket, 1);
+  }
+  const ns = Number(process.hrtime.bigint() - start) / n;
+  await quota.close();
+  console.log(
+    `  quota admission: ${ns.toFixed(0)} ns per admit+settle in memory; ` +
+      `${await leaseRequests(registry)} lease statements for ${n} requests`,
+  );
+}
+
+async function leaseRequests(registry: Registry): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === 'gpugate_quota_lease_requests_total');
+  return (m?.values ?? []).reduce((sum, v) => sum + Number(v.value), 0);
+}
+
 async function main(): Promise<void> {
   let server: EmbeddedPostgresServer | undefined;
   let dir: string | undefined;
@@ -171,6 +206,7 @@ async function main(): Promise<void> {
     console.log(line('one INSERT per event, full speed', sf));
     const ratio = bf.events / bf.wallMs / (sf.events / sf.wallMs);
     console.log(`  ratio: batched writes ${ratio.toFixed(1)}x the events per second of one INSERT per event`);
+    await admissionCost(pool);
     const size = await pool.query<{ bytes: string; rows: string }>(
       `SELECT sum(pg_total_relation_size(c.oid))::text AS bytes, (SELECT count(*) FROM usage_events)::text AS rows
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'usage_events'::regclass`,
