@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import { sseUsage, UsageTap } from '../../dataplane/proxy/usage-tap.ts';
+import { parseServerLoad, recordOutcome } from '../../dataplane/upstream/health.ts';
+import type { EndpointState } from '../../dataplane/upstream/endpoint.ts';
+
+describe('usage from responses', () => {
+  it('reads the usage of the last SSE event that carries one', () => {
+    const text =
+      'data: {"choices":[{"delta":{"content":"usage"}}],"usage":null}\n\n' +
+      'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34}}\n\ndata: [DONE]\n\n';
+    expect(sseUsage(text)).toEqual({ inputTokens: 12, outputTokens: 34 });
+    expect(sseUsage('data: {"choices":[]}\n\ndata: [DONE]\n\n')).toBeNull();
+  });
+
+  it('reads a JSON body usage split over chunks and counts bytes', () => {
+    const tap = new UsageTap('application/json', true);
+    const body = Buffer.from('{"usage":{"prompt_tokens":5,"completion_tokens":6}}');
+    tap.onData(body.subarray(0, 10));
+    tap.onData(body.subarray(10));
+    expect(tap.usage()).toEqual({ inputTokens: 5, outputTokens: 6 });
+    expect(tap.bytes).toBe(body.length);
+  });
+
+  it('keeps only a bounded tail of a long SSE stream and still finds the final usage', () => {
+    const tap = new UsageTap('text/event-stream', true);
+    for (let i = 0; i < 5000; i++)
+      tap.onData(Buffer.from(`data: {"choices":[{"delta":{"content":"token ${i}"}}]}\n\n`));
+    tap.onData(
+      Buffer.from(
+        'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":5000}}\n\ndata: [DONE]\n\n',
+      ),
+    );
+    expect(tap.usage()).toEqual({ inputTokens: 1, outputTokens: 5000 });
+  });
+});
+
+describe('parseServerLoad', () => {
+  it('sums vLLM samples over label sets and ignores comments and longer names', () => {
+    const text = [
+      '# HELP vllm:num_requests_waiting Number of requests waiting',
+      '# TYPE vllm:num_requests_waiting gauge',
+      'vllm:num_requests_waiting{model_name="a"} 3',
+      'vllm:num_requests_waiting{model_name="b"} 2',
+      'vllm:num_requests_waiting_total 100',
+      'vllm:num_requests_running{model_name="a"} 7.0',
+      'vllm:kv_cache_usage_perc{model_name="a"} 0.42',
+    ].join('\n');
+    expect(parseServerLoad(text)).toEqual({ waiting: 5, running: 7, kvCacheUsage: 0.42 });
+  });
+
+  it('understands SGLang names and returns null for a server without queue metrics', () => {
+    expect(
+      parseServerLoad('sglang:num_queue_reqs 4\nsglang:num_running_reqs 2\nsglang:token_usage 0.5\n'),
+    ).toEqual({ waiting: 4, running: 2, kvCacheUsage: 0.5 });
+    expect(parseServerLoad('process_cpu_seconds_total 3\n')).toBeNull();
+  });
+});
+
+describe('passive outlier ejection', () => {
+  const opts = { consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionMs: 4000 };
+  const fresh = () => ({ consecutiveFailures: 0, ejectedUntil: 0, ejections: 0 }) as unknown as EndpointState;
+
+  it('ejects after consecutive failures, doubling the ejection up to the maximum, and forgives after a success', () => {
+    const e = fresh();
+    const ejected: number[] = [];
+    const on = (_e: EndpointState, ms: number) => ejected.push(ms);
+    recordOutcome(e, true, 0, opts, on);
+    recordOutcome(e, true, 0, opts, on);
+    recordOutcome(e, false, 0, opts, on); // a success in between resets the count
+    recordOutcome(e, true, 0, opts, on);
+    recordOutcome(e, true, 0, opts, on);
+    expect(ejected).toEqual([]);
+    recordOutcome(e, true, 0, opts, on);
+    expect(ejected).toEqual([1000]);
+    // Probation after the ejection: one failure ejects again, for longer.
+    recordOutcome(e, true, 1000, opts, on);
+    recordOutcome(e, true, 3000, opts, on);
+    recordOutcome(e, true, 7000, opts, on);
+    expect(ejected).toEqual([1000, 2000, 4000, 4000]);
+    recordOutcome(e, false, 20_000, opts, on);
+    expect(e.ejections).toBe(0);
+  });
+});
