@@ -24,10 +24,7 @@ export type RateLimits = Static<typeof RateLimits>;
 export const QuotaPeriod = Type.Enum(['None', 'Daily', 'Monthly']);
 export type QuotaPeriod = Static<typeof QuotaPeriod>;
 
-export const Quota = Type.Object(
-  { credits: Credits, period: QuotaPeriod },
-  { additionalProperties: false },
-);
+export const Quota = Type.Object({ credits: Credits, period: QuotaPeriod }, { additionalProperties: false });
 export type Quota = Static<typeof Quota>;
 
 export const EndpointSource = Type.Enum(['static', 'pod', 'registered', 'gateway']);

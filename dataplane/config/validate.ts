@@ -37,7 +37,10 @@ export function parseSnapshot(input: unknown): ParseResult {
   const snapshot = input as Snapshot;
   const expected = contentRevision(snapshot);
   if (snapshot.revision !== expected) {
-    return refuse('/revision', `revision ${snapshot.revision} does not match the content (expected ${expected})`);
+    return refuse(
+      '/revision',
+      `revision ${snapshot.revision} does not match the content (expected ${expected})`,
+    );
   }
   const problems = checkReferences(snapshot);
   return problems.length > 0 ? { ok: false, problems } : { ok: true, snapshot };
@@ -48,7 +51,8 @@ function checkReferences(s: Snapshot): SnapshotProblem[] {
   const tenants = new Set(s.tenants.map((t) => t.id));
   const backends = new Set<string>();
   s.backends.forEach((b, i) => {
-    if (backends.has(b.id)) problems.push({ path: `/backends/${i}/id`, message: `duplicate backend id ${b.id}` });
+    if (backends.has(b.id))
+      problems.push({ path: `/backends/${i}/id`, message: `duplicate backend id ${b.id}` });
     backends.add(b.id);
     const endpointIds = new Set<string>();
     b.endpoints.forEach((e, j) => {
@@ -64,13 +68,17 @@ function checkReferences(s: Snapshot): SnapshotProblem[] {
     if (!tenants.has(k.tenant)) {
       problems.push({ path: `/keys/${i}/tenant`, message: `key ${k.id} names unknown tenant ${k.tenant}` });
     }
-    if (hashes.has(k.sha256)) problems.push({ path: `/keys/${i}/sha256`, message: `key ${k.id} repeats a key hash` });
+    if (hashes.has(k.sha256))
+      problems.push({ path: `/keys/${i}/sha256`, message: `key ${k.id} repeats a key hash` });
     hashes.add(k.sha256);
   });
   s.tenants.forEach((t, i) =>
     t.allowedBackends.forEach((b, j) => {
       if (!backends.has(b)) {
-        problems.push({ path: `/tenants/${i}/allowedBackends/${j}`, message: `tenant ${t.id} allows unknown backend ${b}` });
+        problems.push({
+          path: `/tenants/${i}/allowedBackends/${j}`,
+          message: `tenant ${t.id} allows unknown backend ${b}`,
+        });
       }
     }),
   );
@@ -98,12 +106,18 @@ export class SnapshotStore {
     return this.#current ? now - this.#appliedAt : null;
   }
 
-  offer(input: unknown, now = Date.now()): { accepted: true; changed: boolean; snapshot: Snapshot } | { accepted: false; problems: SnapshotProblem[] } {
+  offer(
+    input: unknown,
+    now = Date.now(),
+  ):
+    | { accepted: true; changed: boolean; snapshot: Snapshot }
+    | { accepted: false; problems: SnapshotProblem[] } {
     const parsed = parseSnapshot(input);
     if (!parsed.ok) return { accepted: false, problems: parsed.problems };
     const next = parsed.snapshot;
     const current = this.#current;
-    if (current && next.revision === current.revision) return { accepted: true, changed: false, snapshot: current };
+    if (current && next.revision === current.revision)
+      return { accepted: true, changed: false, snapshot: current };
     if (current && Date.parse(next.generatedAt) < Date.parse(current.generatedAt)) {
       return {
         accepted: false,

@@ -18,7 +18,11 @@ const gpuBackends: GpuBackend[] = Array.from({ length: BACKENDS }, (_, i) => ({
   metadata: { name: `backend-${i}`, namespace: 'gpu' },
   spec: {
     models: [`model-${i}`],
-    endpoints: Array.from({ length: 4 }, (_, j) => ({ url: `http://10.0.${i % 250}.${j + 1}:8000`, weight: 1, disabled: false })),
+    endpoints: Array.from({ length: 4 }, (_, j) => ({
+      url: `http://10.0.${i % 250}.${j + 1}:8000`,
+      weight: 1,
+      disabled: false,
+    })),
   } as GpuBackend['spec'],
 }));
 const tenants: Tenant[] = Array.from({ length: TENANTS }, (_, i) => ({
