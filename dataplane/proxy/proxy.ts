@@ -737,9 +737,10 @@ class Proxy {
 
   readonly handle = (request: FastifyRequest, reply: FastifyReply): void => {
     reply.hijack();
-    const req = request.raw;
-    const res = reply.raw;
-    const requestId = request.id;
+    this.serve(request.raw, reply.raw, request.id);
+  };
+
+  readonly serve = (req: IncomingMessage, res: ServerResponse, requestId: string): void => {
     const rt = this.deps.current();
     if (!rt) {
       return this.writeError(
