@@ -195,6 +195,13 @@ kwok_stages() {
 }
 
 main() {
+  # Two builds into one cache (two clones, CI beside a developer) take turns instead of overwriting each other.
+  mkdir -p "$cache"
+  exec 9>"$cache/.cluster-build.lock"
+  if ! flock -n 9; then
+    log "another cluster build holds $cache/.cluster-build.lock; waiting for it"
+    flock 9
+  fi
   build_etcd
   build_kubernetes
   install_tool kwok "$KWOK_VERSION" "$kwok_bin" sigs.k8s.io/kwok/cmd/kwok

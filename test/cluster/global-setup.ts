@@ -7,7 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { killClusterNow, markOwner, startCluster, stopCluster, type ClusterInfo } from './cluster.ts';
-import './harness.ts';
+// For the ProvidedContext declaration only: the harness itself runs in the test workers.
+import type {} from './harness.ts';
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const external = process.env.GPUGATE_KUBECONFIG;
