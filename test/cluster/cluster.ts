@@ -177,6 +177,8 @@ export async function startCluster(options: StartOptions): Promise<ClusterInfo> 
   };
   const record = (): void => writeFileSync(join(dir, 'cluster.json'), JSON.stringify(info, null, 2) + '\n');
   record();
+  // A cluster that lives only as long as this process says so, for the next start's sweep of orphans.
+  if (!options.detached) writeFileSync(join(dir, 'owner.pid'), String(process.pid));
 
   log('certificates and service-account keys (openssl)');
   const pki = await makePki(join(dir, 'pki'));
@@ -381,7 +383,7 @@ export function killClusterNow(info: ClusterInfo): void {
   rmSync(info.dir, { recursive: true, force: true });
 }
 
-/** Clusters started by a test run record the pid of the process that owns them in owner.pid; when that
+/** Clusters started without `detached` record the pid of the process that owns them in owner.pid; when that
  * process is gone (a crashed or killed run), its cluster is stopped here instead of leaking. */
 async function stopOrphanedClusters(log: (line: string) => void): Promise<void> {
   if (!existsSync(clustersDir())) return;
@@ -395,10 +397,6 @@ async function stopOrphanedClusters(log: (line: string) => void): Promise<void> 
       await stopCluster(dir);
     }
   }
-}
-
-export function markOwner(info: ClusterInfo): void {
-  writeFileSync(join(info.dir, 'owner.pid'), String(process.pid));
 }
 
 export const kwokNodeAnnotation = 'kwok.x-k8s.io/node';
@@ -658,10 +656,11 @@ function ownsProcess(pid: number, dir: string): boolean {
   }
 }
 
+/** Alive and not a zombie: a killed owner can stay a zombie for a while when its parent is slow to reap it. */
 function isAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }

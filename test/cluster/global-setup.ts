@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { killClusterNow, markOwner, startCluster, stopCluster, type ClusterInfo } from './cluster.ts';
+import { killClusterNow, startCluster, stopCluster, type ClusterInfo } from './cluster.ts';
 // For the ProvidedContext declaration only: the harness itself runs in the test workers.
 import type {} from './harness.ts';
 
@@ -25,7 +25,6 @@ export default async function setup(project: TestProject): Promise<() => Promise
     log: (line) => console.log(`[cluster] ${line}`),
   });
   console.log(`[cluster] started in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  markOwner(info);
   // A run that dies without teardown (an uncaught error, process.exit) still takes its cluster with it.
   const onExit = (): void => killClusterNow(info);
   process.once('exit', onExit);
