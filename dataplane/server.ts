@@ -199,6 +199,16 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       draining: () => draining,
       revision: () => current?.revision ?? null,
       applySnapshot,
+      upstreams: () => {
+        const now = Date.now();
+        return (current?.backends ?? []).map((b) => ({
+          backend: b.id,
+          policy: b.backend.balancing.policy,
+          queued: b.state.waiters.length,
+          panicking: b.state.panicking,
+          endpoints: b.endpoints.map((e) => UpstreamRegistry.describe(e, now)),
+        }));
+      },
     }),
   );
 

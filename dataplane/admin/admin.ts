@@ -1,5 +1,6 @@
 // The admin surface, on its own port and never routed by the ingress: liveness, readiness (after
-// the first snapshot), Prometheus metrics and the snapshot push.
+// the first snapshot), Prometheus metrics, endpoint status (health, ejection, load, gateway chains)
+// and the snapshot push.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -17,6 +18,8 @@ export interface AdminDeps {
   draining(): boolean;
   revision(): string | null;
   applySnapshot(input: unknown): ApplyResult;
+  /** Endpoint health, load and in-flight counts per backend of the current runtime. */
+  upstreams(): unknown;
 }
 
 function digest(s: string): Buffer {
@@ -49,6 +52,8 @@ export function adminPlugin(deps: AdminDeps) {
       const text = await deps.registry.metrics();
       return reply.header('content-type', deps.registry.contentType).send(text);
     });
+
+    app.get('/upstreams', async (_req, reply) => reply.send(deps.upstreams()));
 
     app.put(
       '/config',

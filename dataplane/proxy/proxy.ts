@@ -567,10 +567,11 @@ class Proxy {
     if (healthy === 0 || (healthy * 100) / ready < this.deps.panicThresholdPercent) {
       // Panic: too few healthy endpoints. Ignore health rather than fail everything, and say so.
       this.deps.metrics.panics(cb.id).inc();
-      if (healthy === 0) {
+      if (!cb.state.panicking) {
+        cb.state.panicking = true;
         this.deps.logger.warn(
-          { backend: cb.id, ready },
-          'no healthy endpoint: panic routing to all ready endpoints',
+          { backend: cb.id, ready, healthy },
+          'too few healthy endpoints: panic routing to every ready endpoint',
         );
       }
       for (const e of cb.endpoints) {
@@ -578,6 +579,12 @@ class Proxy {
         if (maxInflight > 0 && e.inflight >= maxInflight) full++;
         else candidates.push(e);
       }
+    } else if (cb.state.panicking) {
+      cb.state.panicking = false;
+      this.deps.logger.info(
+        { backend: cb.id, ready, healthy },
+        'healthy endpoints again: panic routing over',
+      );
     }
     if (candidates.length > 0) return cb.balancer.pick(candidates, now);
     if (full === 0) {

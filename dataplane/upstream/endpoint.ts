@@ -84,6 +84,8 @@ interface Waiter {
 export class BackendState {
   readonly id: string;
   readonly waiters: Waiter[] = [];
+  /** In panic routing (no healthy endpoint) since the last pick; logged on each change only. */
+  panicking = false;
   constructor(id: string) {
     this.id = id;
   }
@@ -122,6 +124,20 @@ export class BackendState {
       this.waiters.push(waiter);
     });
   }
+}
+
+export interface EndpointStatus {
+  id: string;
+  url: string;
+  weight: number;
+  ready: boolean;
+  healthy: boolean;
+  activeChecksPassing: boolean;
+  ejectedForMs: number;
+  inflight: number;
+  /** Its responses carry X-Gpugate-Version: another gpugate (a gateway chain). */
+  gateway: boolean;
+  load: { waiting: number; running: number; kvCacheUsage: number; ageMs: number } | null;
 }
 
 /** Owns every EndpointState and BackendState; reuses them across snapshots. */
@@ -178,6 +194,29 @@ export class UpstreamRegistry {
 
   *queueDepths(): Iterable<[string, number]> {
     for (const [id, b] of this.#backends) yield [id, b.waiters.length];
+  }
+
+  /** What an operator (and the operator's status) wants to know about each endpoint. */
+  static describe(e: EndpointState, now: number): EndpointStatus {
+    return {
+      id: e.id,
+      url: e.url,
+      weight: e.weight,
+      ready: e.ready,
+      healthy: e.healthy(now),
+      activeChecksPassing: e.activeHealthy,
+      ejectedForMs: Math.max(0, e.ejectedUntil - now),
+      inflight: e.inflight,
+      gateway: e.gateway,
+      load: e.load
+        ? {
+            waiting: e.load.waiting,
+            running: e.load.running,
+            kvCacheUsage: e.load.kvCacheUsage,
+            ageMs: now - e.load.at,
+          }
+        : null,
+    };
   }
 
   /** Every endpoint state currently known (for shutdown). */
