@@ -92,9 +92,17 @@ function defaulted<T>(
   return { ok: false, message: `${where}: ${first?.message ?? 'does not match the schema'}` };
 }
 
-/** Sub-schema of an object schema by property name (to default optional nested objects). */
-function prop(schema: TSchema, name: string): TSchema {
-  return (schema as unknown as { properties: Record<string, TSchema> }).properties[name]!;
+type BackendSpec = Spec<GpuBackend>;
+
+/**
+ * An optional section of a GpuBackend spec with its schema defaults, also when it was left out
+ * entirely (the API server only defaults inside objects that are present).
+ */
+function section<K extends keyof BackendSpec>(spec: BackendSpec, key: K): NonNullable<BackendSpec[K]> {
+  const schema = (GpuBackendSpec as unknown as { properties: Record<string, TSchema> }).properties[
+    key as string
+  ]!;
+  return Value.Default(schema, Value.Clone(spec[key] ?? {})) as NonNullable<BackendSpec[K]>;
 }
 
 function sortById<T extends { id: string }>(items: T[]): T[] {
@@ -181,10 +189,7 @@ function compileBackends(
     const s = spec.value;
     let upstreamAuth: S.Backend['upstreamAuth'] = null;
     if (s.upstreamAuth) {
-      const auth = Value.Default(
-        prop(GpuBackendSpec, 'upstreamAuth'),
-        Value.Clone(s.upstreamAuth),
-      ) as NonNullable<Spec<GpuBackend>['upstreamAuth']>;
+      const auth = s.upstreamAuth;
       const secret = readSecret(namespace, auth.secretRef);
       if (!secret.ok) {
         problem(secret.reason, `upstreamAuth: ${secret.message}`);
@@ -205,26 +210,11 @@ function compileBackends(
       registration = { secretSha256: sha256Hex(secret.value), ttlMs: parseDurationMs(s.registration.ttl) };
     }
 
-    const balancing = Value.Default(
-      prop(GpuBackendSpec, 'balancing'),
-      Value.Clone(s.balancing ?? {}),
-    ) as NonNullable<Spec<GpuBackend>['balancing']>;
-    const health = Value.Default(
-      prop(GpuBackendSpec, 'healthCheck'),
-      Value.Clone(s.healthCheck ?? {}),
-    ) as NonNullable<Spec<GpuBackend>['healthCheck']>;
-    const retries = Value.Default(
-      prop(GpuBackendSpec, 'retries'),
-      Value.Clone(s.retries ?? {}),
-    ) as NonNullable<Spec<GpuBackend>['retries']>;
-    const timeouts = Value.Default(
-      prop(GpuBackendSpec, 'timeouts'),
-      Value.Clone(s.timeouts ?? {}),
-    ) as NonNullable<Spec<GpuBackend>['timeouts']>;
-    const pricing = Value.Default(
-      prop(GpuBackendSpec, 'pricing'),
-      Value.Clone(s.pricing ?? {}),
-    ) as NonNullable<Spec<GpuBackend>['pricing']>;
+    const balancing = section(s, 'balancing');
+    const health = section(s, 'healthCheck');
+    const retries = section(s, 'retries');
+    const timeouts = section(s, 'timeouts');
+    const pricing = section(s, 'pricing');
 
     const endpoints = new Map<string, S.Endpoint>();
     for (const e of s.endpoints ?? []) {
