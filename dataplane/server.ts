@@ -228,6 +228,10 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     draining = true;
     const drainMs = closeOpts.drainMs ?? 30_000;
     const drained = proxy.close();
+    // close() drops connections idle at that moment; keep-alive connections whose last request
+    // finishes during the drain become idle later and would hold the server open until the client
+    // or keepAliveTimeout closes them.
+    const sweeper = setInterval(() => proxy.server.closeIdleConnections(), 50);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), drainMs);
@@ -238,6 +242,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       await drained;
     }
     clearTimeout(timer);
+    clearInterval(sweeper);
     current?.retire(() => undefined);
     await upstreams.closeAll();
     await admin.close();
