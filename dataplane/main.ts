@@ -5,9 +5,15 @@
 //   --snapshot file.json: apply this snapshot at start
 //   --instance-id / GPUGATE_INSTANCE_ID: the gateway's name in Via (loop detection)
 //   --drain-ms / GPUGATE_DRAIN_MS (30000): how long SIGTERM waits for in-flight requests
+//   --database-url / DATABASE_URL: migrate, then meter usage into this Postgres (flushed on SIGTERM
+//     after the drain) and serve GET /v1/usage and the admin usage routes; none: usage is not recorded
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { migrate } from './metering/migrate.ts';
+import { createMeteringWriter } from './metering/writer.ts';
 import { createDataPlane } from './server.ts';
 
 const { values } = parseArgs({
@@ -20,6 +26,7 @@ const { values } = parseArgs({
     snapshot: { type: 'string' },
     'instance-id': { type: 'string' },
     'drain-ms': { type: 'string' },
+    'database-url': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -27,7 +34,8 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(
     'usage: main.ts [--host H] [--port P] [--admin-host H] [--admin-port P] [--push-token-file F]\n' +
-      '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n',
+      '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n' +
+      '               [--database-url postgres://...]\n',
   );
   process.exit(0);
 }
@@ -56,8 +64,19 @@ const token = pushToken();
 if (token === null)
   logger.warn('no push token (GPUGATE_PUSH_TOKEN or --push-token-file): PUT /config is disabled');
 
+const databaseUrl = values['database-url'] ?? env.DATABASE_URL;
+const registry = new Registry();
+let metering: { pool: pg.Pool; writer: ReturnType<typeof createMeteringWriter> } | null = null;
+if (databaseUrl) {
+  await migrate(databaseUrl);
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
+  metering = { pool, writer: createMeteringWriter({ pool, registry, logger }) };
+}
+
 const plane = await createDataPlane({
   logger,
+  registry,
+  ...(metering ? { usageSink: metering.writer, usageDb: metering.pool } : {}),
   listen: {
     host: values.host ?? env.GPUGATE_HOST ?? '0.0.0.0',
     port: intOf('port', values.port ?? env.GPUGATE_PORT, 8080),
@@ -88,12 +107,20 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     if (stopping) return;
     stopping = true;
     logger.info({ signal, drainMs }, 'stopping: no new connections, draining in-flight requests');
-    plane.close({ drainMs }).then(
-      () => process.exit(0),
-      (err: unknown) => {
-        logger.error({ err }, 'error while stopping');
-        process.exit(1);
-      },
-    );
+    plane
+      .close({ drainMs })
+      .then(async () => {
+        if (!metering) return;
+        const outcome = await metering.writer.flushAndClose();
+        logger.info(outcome, 'usage flushed');
+        await metering.pool.end();
+      })
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          logger.error({ err }, 'error while stopping');
+          process.exit(1);
+        },
+      );
   });
 }

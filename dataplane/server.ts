@@ -9,6 +9,8 @@ import { Registry } from 'prom-client';
 import type { Snapshot } from './config/snapshot.ts';
 import { parseSnapshot, SnapshotStore, type SnapshotProblem } from './config/validate.ts';
 import type { UsageSink } from './metering/usage.ts';
+import { adminUsageRoutes, usageRoutes } from './usage/api.ts';
+import type { Db } from './usage/queries.ts';
 import { adminPlugin, type ApplyResult } from './admin/admin.ts';
 import { errorBody, gatewayError } from './errors.ts';
 import { createMetrics } from './metrics/metrics.ts';
@@ -28,6 +30,8 @@ export interface DataPlaneOptions {
   logger?: Logger;
   /** Receives one usage event per admitted request; none: usage is not recorded. */
   usageSink?: UsageSink;
+  /** The usage database behind GET /v1/usage and the admin usage routes; none: they answer 503. */
+  usageDb?: Db;
   registry?: Registry;
   /**
    * Where async task affinity is kept: createTaskStore (dataplane/metering/tasks.ts) over Postgres to
@@ -175,6 +179,9 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       .send(body);
   });
   await proxy.register(
+    usageRoutes({ db: opts.usageDb ?? null, current: () => current, version: GPUGATE_VERSION }),
+  );
+  await proxy.register(
     proxyPlugin({
       current: () => current,
       instanceId,
@@ -191,6 +198,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const admin = Fastify({
     bodyLimit: 256 * 1024 * 1024,
   });
+  await admin.register(adminUsageRoutes({ db: opts.usageDb ?? null, token: opts.admin.token }));
   await admin.register(
     adminPlugin({
       registry,
