@@ -196,6 +196,35 @@ export const ApiKey = Type.Object(
 );
 export type ApiKey = Static<typeof ApiKey>;
 
+/** Gateway-level CORS. Preflights are answered by the gateway, without credentials, never forwarded. */
+export const Cors = Type.Object(
+  {
+    /** Exact origins (`https://app.example.com`) or `*` for any. */
+    allowedOrigins: Type.Array(Type.String({ minLength: 1 })),
+    allowedMethods: Type.Array(Type.String({ pattern: '^[A-Z]+$' })),
+    /** Request headers a browser may send; lower or mixed case. */
+    allowedHeaders: Type.Array(Type.String({ minLength: 1 })),
+    /** Response headers a browser script may read. */
+    exposedHeaders: Type.Array(Type.String({ minLength: 1 })),
+    allowCredentials: Type.Boolean(),
+    maxAgeSeconds: Type.Integer({ minimum: 0 }),
+  },
+  { additionalProperties: false },
+);
+export type Cors = Static<typeof Cors>;
+
+/** Limits per client address (this gateway as a whole; each replica enforces its share). */
+export const ClientLimits = Type.Object(
+  {
+    /** Requests per minute one address may make to public routes. 0: unlimited. */
+    publicRequestsPerMinute: Type.Integer({ minimum: 0 }),
+    /** Failed authentications per minute before an address is refused outright. 0: unlimited. */
+    authFailuresPerMinute: Type.Integer({ minimum: 0 }),
+  },
+  { additionalProperties: false },
+);
+export type ClientLimits = Static<typeof ClientLimits>;
+
 export const Settings = Type.Object(
   {
     /** Live data-plane replicas; per-replica rate limits are the configured limit divided by this. */
@@ -204,6 +233,13 @@ export const Settings = Type.Object(
     exposeBackendHeader: Type.Boolean(),
     /** JSON bodies up to this size are peeked for their `model`; larger bodies stream untouched. */
     maxJsonPeekBytes: Type.Integer({ minimum: 0 }),
+    // The three below are optional and left out when unset, so snapshots (and revisions) without
+    // them are unchanged; the data plane defaults them (dataplane/admission/admission.ts).
+    /** Absent: no CORS headers, and OPTIONS requests are routed like any other. */
+    cors: Type.Optional(Cors),
+    /** Proxies (CIDRs) whose X-Forwarded-For names the client; absent: the socket address is the client. */
+    trustedProxies: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+    clientLimits: Type.Optional(ClientLimits),
   },
   { additionalProperties: false },
 );

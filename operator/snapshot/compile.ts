@@ -43,7 +43,15 @@ export interface CompileInput {
   secrets: SecretData[];
   /** Keyed by backend id (namespace/name). */
   discoveredEndpoints?: Record<string, DiscoveredEndpoint[]>;
-  settings: { replicas: number; exposeBackendHeader?: boolean; maxJsonPeekBytes?: number };
+  settings: {
+    replicas: number;
+    exposeBackendHeader?: boolean;
+    maxJsonPeekBytes?: number;
+    /** Gateway-level settings passed through when set; absent ones stay out of the snapshot. */
+    cors?: S.Cors;
+    trustedProxies?: string[];
+    clientLimits?: S.ClientLimits;
+  };
   now: Date;
 }
 
@@ -142,6 +150,9 @@ export function compileSnapshot(input: CompileInput): CompileResult {
       replicas: Math.max(1, Math.floor(input.settings.replicas)),
       exposeBackendHeader: input.settings.exposeBackendHeader ?? DEFAULT_SETTINGS.exposeBackendHeader,
       maxJsonPeekBytes: input.settings.maxJsonPeekBytes ?? DEFAULT_SETTINGS.maxJsonPeekBytes,
+      ...(input.settings.cors ? { cors: input.settings.cors } : {}),
+      ...(input.settings.trustedProxies ? { trustedProxies: input.settings.trustedProxies } : {}),
+      ...(input.settings.clientLimits ? { clientLimits: input.settings.clientLimits } : {}),
     },
     backends,
     tenants,
