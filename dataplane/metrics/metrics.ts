@@ -3,6 +3,7 @@
 // never raw paths, keys or user ids. Children are looked up through small caches so the request
 // path does not build label strings.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { UsageEvent, UsageSink } from '../metering/usage.ts';
 
 export type CodeClass = '2xx' | '3xx' | '4xx' | '5xx';
 
@@ -45,10 +46,17 @@ function cached<T>(make: (key: string) => T): (key: string) => T {
   };
 }
 
+export type EndpointHealth = 'healthy' | 'unhealthy' | 'not_ready';
+
 export interface MetricSources {
   snapshotAgeMs(): number | null;
   /** Requests waiting for a free endpoint, per backend id. */
   queueDepths(): Iterable<[string, number]>;
+  /**
+   * Every endpoint of the current snapshot: not_ready (the control plane says so), unhealthy (failing
+   * active checks or ejected) or healthy. Absent: gpugate_upstream_endpoints is not exported.
+   */
+  endpointHealth?(): Iterable<{ backend: string; health: EndpointHealth }>;
 }
 
 export function createMetrics(registry: Registry, sources: MetricSources): DataPlaneMetrics {
@@ -138,6 +146,28 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
       for (const [backend, depth] of sources.queueDepths()) this.labels(backend).set(depth);
     },
   });
+  const endpointHealth = sources.endpointHealth;
+  if (endpointHealth) {
+    new Gauge({
+      name: 'gpugate_upstream_endpoints',
+      help: 'Endpoints of each backend by health (healthy, unhealthy: failing checks or ejected, not_ready)',
+      labelNames: ['backend', 'state'] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const counts = new Map<string, Record<EndpointHealth, number>>();
+        for (const { backend, health } of endpointHealth()) {
+          let c = counts.get(backend);
+          if (!c) counts.set(backend, (c = { healthy: 0, unhealthy: 0, not_ready: 0 }));
+          c[health]++;
+        }
+        // Zeros too, so "no healthy endpoint" is a sample (== 0), not a missing series.
+        for (const [backend, c] of counts)
+          for (const state of ['healthy', 'unhealthy', 'not_ready'] as const)
+            this.labels(backend, state).set(c[state]);
+      },
+    });
+  }
   return {
     requestChildren: cached((backend) => ({
       byClass: {
@@ -158,5 +188,64 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
     snapshotApplies,
     snapshotInfo,
     snapshotAgeSeconds,
+  };
+}
+
+/** Distinct model label values kept per process; later ones are counted as "other" (clients choose models). */
+const MAX_MODEL_LABELS = 64;
+
+/**
+ * Wraps the usage sink so every usage event (one per identified request) is also counted as metrics by
+ * tenant: requests by route and status class, input/output tokens and credits by model, and the time to the
+ * first upstream byte by backend. `next` null: count only.
+ */
+export function countUsage(registry: Registry, next: UsageSink | null): UsageSink {
+  const requests = new Counter({
+    name: 'gpugate_usage_requests_total',
+    help: 'Identified requests by tenant, backend, route prefix and status class',
+    labelNames: ['tenant', 'backend', 'route', 'code_class'] as const,
+    registers: [registry],
+  });
+  const tokens = new Counter({
+    name: 'gpugate_usage_tokens_total',
+    help: 'Tokens by tenant, backend, model and kind (input, output); estimated when the backend reports none',
+    labelNames: ['tenant', 'backend', 'model', 'kind'] as const,
+    registers: [registry],
+  });
+  const credits = new Counter({
+    name: 'gpugate_usage_credits_total',
+    help: 'Credits charged by tenant, backend and model',
+    labelNames: ['tenant', 'backend', 'model'] as const,
+    registers: [registry],
+  });
+  const ttfb = new Histogram({
+    name: 'gpugate_proxy_time_to_first_byte_seconds',
+    help: 'Time from request arrival to the first response byte from the upstream (time to first token when streaming)',
+    labelNames: ['backend'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+    registers: [registry],
+  });
+  const models = new Set<string>();
+  const modelLabel = (model: string | null): string => {
+    if (model === null) return '';
+    if (models.has(model)) return model;
+    if (models.size >= MAX_MODEL_LABELS) return 'other';
+    models.add(model);
+    return model;
+  };
+  const count = (e: UsageEvent): void => {
+    const backend = e.backend ?? '';
+    const model = modelLabel(e.model);
+    requests.labels(e.tenant, backend, e.route ?? '', codeClass(e.status)).inc();
+    if (e.inputTokens > 0) tokens.labels(e.tenant, backend, model, 'input').inc(e.inputTokens);
+    if (e.outputTokens > 0) tokens.labels(e.tenant, backend, model, 'output').inc(e.outputTokens);
+    if (e.credits > 0) credits.labels(e.tenant, backend, model).inc(e.credits);
+    if (e.ttfbMs !== null) ttfb.labels(backend).observe(e.ttfbMs / 1000);
+  };
+  return {
+    record(event) {
+      count(event);
+      next?.record(event);
+    },
   };
 }
