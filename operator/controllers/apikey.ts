@@ -1,0 +1,171 @@
+// ApiKey → a generated key Secret (when no secretRef) and status {prefix, secretName, conditions}.
+// The key itself is only ever in the Secret: never logged, never in status or events.
+//
+// The Secret is created with POST (create-only), not server-side apply: an apply from a reconcile that
+// runs before the informer has seen the Secret would replace the key with a fresh one. A 409 means it
+// exists already; the cache will catch up and the next reconcile reads it.
+import {
+  API_VERSION,
+  GENERATED_SECRET_KEY,
+  generatedSecretName,
+  type ApiKey,
+  type ApiKeyStatus,
+} from '../api/v1alpha1/index.ts';
+import { checkKeyShape, generateApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
+import { KubeError, paths, type KubeObject } from '../kube/client.ts';
+import { setConditions, writeStatus, type ConditionInput, type ConditionReason } from './status.ts';
+import {
+  DONE,
+  MANAGED_BY,
+  RetryableError,
+  type ControllerContext,
+  type Key,
+  type Outcome,
+  type Reconciler,
+} from './types.ts';
+
+const REF_REASONS = new Set(['TenantNotFound', 'SecretNotFound', 'SecretKeyNotFound', 'InvalidKey']);
+const MAX_TIMER_MS = 24 * 3600_000;
+
+export function apiKeyReconciler(ctx: ControllerContext): Reconciler {
+  return {
+    kind: 'ApiKey',
+    async reconcile(key: Key): Promise<Outcome> {
+      const obj = ctx.caches.apiKeys.get(key.name, key.namespace);
+      if (!obj || obj.metadata.deletionTimestamp) return DONE; // children go with their owner
+      return sync(ctx, obj as ApiKey & KubeObject);
+    },
+  };
+}
+
+async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<Outcome> {
+  const { namespace = 'default', name } = obj.metadata;
+  const ref = obj.spec.secretRef ?? { name: generatedSecretName(name), key: GENERATED_SECRET_KEY };
+  let secret = ctx.caches.secrets.get(ref.name, namespace);
+  let justCreated = false;
+  if (!obj.spec.secretRef && !secret) {
+    const created = await createKeySecret(ctx, obj, ref.name);
+    justCreated = created;
+    if (created)
+      ctx.logger.info({ apiKey: `${namespace}/${name}`, secret: ref.name }, 'generated key Secret');
+    secret = undefined;
+  }
+  const raw = secret?.data?.[ref.key];
+  const key = raw === undefined ? undefined : Buffer.from(raw, 'base64').toString('utf8').trim();
+  const prefix = key !== undefined && checkKeyShape(key) === 'ok' ? keyPrefix(key) : undefined;
+
+  const problems = ctx.problemsOf('ApiKey', { namespace, name });
+  const now = ctx.now();
+  const expiresAt = obj.spec.expiresAt ? Date.parse(obj.spec.expiresAt) : undefined;
+  const conditions: ConditionInput[] = [];
+  const refProblem = problems.find((p) => REF_REASONS.has(p.reason));
+  const pendingSecret = !obj.spec.secretRef && !secret;
+  if (pendingSecret) {
+    conditions.push({
+      type: 'ResolvedRefs',
+      status: 'Unknown',
+      reason: 'SecretPending',
+      message: `generating Secret ${ref.name}`,
+    });
+  } else if (refProblem) {
+    conditions.push({
+      type: 'ResolvedRefs',
+      status: 'False',
+      reason: refProblem.reason as ConditionReason,
+      message: refProblem.message,
+    });
+  } else {
+    conditions.push({
+      type: 'ResolvedRefs',
+      status: 'True',
+      reason: 'Resolved',
+      message: `Tenant ${obj.spec.tenant} and Secret ${ref.name} found`,
+    });
+  }
+  const problem = problems[0];
+  if (pendingSecret) {
+    conditions.push({
+      type: 'Ready',
+      status: 'False',
+      reason: 'SecretPending',
+      message: 'the key Secret is being created',
+    });
+  } else if (problem) {
+    conditions.push({
+      type: 'Ready',
+      status: 'False',
+      reason: problem.reason as ConditionReason,
+      message: problem.message,
+    });
+  } else if (obj.spec.disabled) {
+    conditions.push({
+      type: 'Ready',
+      status: 'False',
+      reason: 'Disabled',
+      message: 'spec.disabled is true; the key is refused',
+    });
+  } else if (expiresAt !== undefined && expiresAt <= now.getTime()) {
+    conditions.push({
+      type: 'Ready',
+      status: 'False',
+      reason: 'Expired',
+      message: `expired at ${obj.spec.expiresAt}`,
+    });
+  } else {
+    conditions.push({
+      type: 'Ready',
+      status: 'True',
+      reason: 'KeyAccepted',
+      message: 'the key is in the snapshot',
+    });
+  }
+
+  const status: ApiKeyStatus = {
+    observedGeneration: obj.metadata.generation ?? 0,
+    conditions: setConditions(obj.status?.conditions, conditions, obj.metadata.generation, now),
+    secretName: ref.name,
+    ...(prefix ? { prefix } : {}),
+  };
+  await writeStatus(ctx.client, 'apikeys', obj, status);
+  if (justCreated || pendingSecret) return { result: 'requeueAfter', ms: 500 };
+  if (expiresAt !== undefined && expiresAt > now.getTime() && !obj.spec.disabled) {
+    return { result: 'requeueAfter', ms: Math.min(MAX_TIMER_MS, expiresAt - now.getTime() + 100) };
+  }
+  return DONE;
+}
+
+async function createKeySecret(
+  ctx: ControllerContext,
+  obj: ApiKey & KubeObject,
+  secretName: string,
+): Promise<boolean> {
+  const namespace = obj.metadata.namespace ?? 'default';
+  const secret: KubeObject = {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: {
+      name: secretName,
+      namespace,
+      labels: { ...MANAGED_BY, 'gpugate.io/apikey': obj.metadata.name },
+      ownerReferences: [
+        {
+          apiVersion: API_VERSION,
+          kind: 'ApiKey',
+          name: obj.metadata.name,
+          uid: obj.metadata.uid!,
+          controller: true,
+          blockOwnerDeletion: true,
+        },
+      ],
+    },
+    type: 'Opaque',
+    data: { [GENERATED_SECRET_KEY]: Buffer.from(generateApiKey()).toString('base64') },
+  };
+  try {
+    await ctx.client.create(paths.core('secrets', namespace), secret);
+    return true;
+  } catch (err) {
+    if (err instanceof KubeError && err.status === 409) return false;
+    throw new RetryableError(`create Secret ${namespace}/${secretName}: ${(err as Error).message}`);
+  }
+}

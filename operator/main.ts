@@ -1,0 +1,172 @@
+// The operator process. Credentials: KUBECONFIG when set, otherwise the pod's service account.
+// Flags override environment variables:
+//   --namespace / GPUGATE_WATCH_NAMESPACE          watch one namespace only (default: every namespace)
+//   --lease-namespace / POD_NAMESPACE (default "gpugate-system"), --lease-name (gpugate-operator)
+//   --lease-duration-ms / GPUGATE_LEASE_DURATION_MS (15000)
+//   --push-token-secret / GPUGATE_PUSH_TOKEN_SECRET  namespace/name[:key] of the push token (key "token")
+//   --dataplane-service / GPUGATE_DATAPLANE_SERVICE  namespace/name of the shared data plane's Service;
+//                                                    its EndpointSlices' ready addresses get pushes
+//   --dataplane-admin-port / GPUGATE_DATAPLANE_ADMIN_PORT (9090): used when the slice has no "admin" port
+//   --dataplane-url / GPUGATE_DATAPLANE_URLS (comma-separated): data-plane admin URLs pushed to as well
+//                                                    (data planes outside the cluster; the test tier)
+//   --listen / GPUGATE_OPERATOR_LISTEN (0.0.0.0:8082): GET /snapshot, /healthz, /readyz, /metrics
+//   --sidecar-image / GPUGATE_SIDECAR_IMAGE: the data-plane image injected for `dataplane: sidecar`
+//   --sidecar-token-secret / GPUGATE_SIDECAR_TOKEN_SECRET: Secret name (backend's namespace) mounted in sidecars
+//   DATABASE_URL: read tenants' usage from the metering tables; --usage-interval-ms (30000)
+import { parseArgs } from 'node:util';
+import { KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { startOperator } from './controllers/manager.ts';
+import { startOperatorServer } from './server.ts';
+
+const { values } = parseArgs({
+  options: {
+    namespace: { type: 'string' },
+    'lease-namespace': { type: 'string' },
+    'lease-name': { type: 'string' },
+    'lease-duration-ms': { type: 'string' },
+    'push-token-secret': { type: 'string' },
+    'dataplane-service': { type: 'string' },
+    'dataplane-admin-port': { type: 'string' },
+    'dataplane-url': { type: 'string', multiple: true },
+    listen: { type: 'string' },
+    'sidecar-image': { type: 'string' },
+    'sidecar-token-secret': { type: 'string' },
+    'usage-interval-ms': { type: 'string' },
+    identity: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+if (values.help) {
+  process.stdout.write('usage: node operator/main.ts [flags]; see the top of operator/main.ts\n');
+  process.exit(0);
+}
+
+const env = process.env;
+const logger = pino({ name: 'gpugate-operator', level: env.LOG_LEVEL ?? 'info' });
+
+function fail(message: string): never {
+  logger.fatal(message);
+  process.exit(2);
+}
+function nsName(
+  flag: string,
+  raw: string | undefined,
+): { namespace: string; name: string; key?: string } | undefined {
+  if (!raw) return undefined;
+  const m = /^([a-z0-9-]+)\/([a-z0-9.-]+)(?::([-._a-zA-Z0-9]+))?$/.exec(raw);
+  if (!m) fail(`${flag} must be namespace/name, got ${JSON.stringify(raw)}`);
+  return { namespace: m[1]!, name: m[2]!, ...(m[3] ? { key: m[3] } : {}) };
+}
+function int(flag: string, raw: string | undefined, fallback: number): number {
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0)
+    fail(`${flag} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+const kc = new KubeConfig();
+kc.loadFromDefault();
+const registry = new Registry();
+collectDefaultMetrics({ register: registry, prefix: 'gpugate_operator_' });
+
+const tokenSecret = nsName(
+  '--push-token-secret',
+  values['push-token-secret'] ?? env.GPUGATE_PUSH_TOKEN_SECRET,
+);
+if (!tokenSecret) fail('--push-token-secret (namespace/name of the push token Secret) is required');
+const dpService = nsName('--dataplane-service', values['dataplane-service'] ?? env.GPUGATE_DATAPLANE_SERVICE);
+const dpUrls = [
+  ...(values['dataplane-url'] ?? []),
+  ...(env.GPUGATE_DATAPLANE_URLS ?? '').split(',').filter((u) => u.trim() !== ''),
+].map((u) => u.trim());
+const [listenHost, listenPort] = (() => {
+  const raw = values.listen ?? env.GPUGATE_OPERATOR_LISTEN ?? '0.0.0.0:8082';
+  const i = raw.lastIndexOf(':');
+  return [raw.slice(0, i) || '0.0.0.0', int('--listen port', raw.slice(i + 1), 8082)] as const;
+})();
+const sidecarImage = values['sidecar-image'] ?? env.GPUGATE_SIDECAR_IMAGE;
+const watchNamespace = values.namespace ?? env.GPUGATE_WATCH_NAMESPACE;
+
+const operator = await startOperator({
+  kubeConfig: kc,
+  logger,
+  registry,
+  ...(watchNamespace ? { namespace: watchNamespace } : {}),
+  ...((values.identity ?? env.GPUGATE_IDENTITY) ? { identity: values.identity ?? env.GPUGATE_IDENTITY } : {}),
+  lease: {
+    namespace: values['lease-namespace'] ?? env.POD_NAMESPACE ?? 'gpugate-system',
+    name: values['lease-name'] ?? 'gpugate-operator',
+    durationMs: int(
+      '--lease-duration-ms',
+      values['lease-duration-ms'] ?? env.GPUGATE_LEASE_DURATION_MS,
+      15_000,
+    ),
+  },
+  ...(dpService
+    ? {
+        dataplaneService: {
+          namespace: dpService.namespace,
+          name: dpService.name,
+          adminPort: int(
+            '--dataplane-admin-port',
+            values['dataplane-admin-port'] ?? env.GPUGATE_DATAPLANE_ADMIN_PORT,
+            9090,
+          ),
+        },
+      }
+    : {}),
+  dataplaneUrls: dpUrls,
+  pushTokenSecret: {
+    namespace: tokenSecret.namespace,
+    name: tokenSecret.name,
+    key: tokenSecret.key ?? 'token',
+  },
+  ...(env.DATABASE_URL ? { databaseUrl: env.DATABASE_URL } : {}),
+  usageIntervalMs: int(
+    '--usage-interval-ms',
+    values['usage-interval-ms'] ?? env.GPUGATE_USAGE_INTERVAL_MS,
+    30_000,
+  ),
+  ...(sidecarImage
+    ? {
+        sidecar: {
+          image: sidecarImage,
+          pushTokenSecret:
+            values['sidecar-token-secret'] ?? env.GPUGATE_SIDECAR_TOKEN_SECRET ?? tokenSecret.name,
+        },
+      }
+    : {}),
+});
+
+const { server, url } = await startOperatorServer(
+  {
+    registry,
+    snapshot: () => operator.publisher.current(),
+    token: () => operator.pushToken(),
+    ready: () => operator.ready(),
+    isLeader: () => operator.isLeader(),
+  },
+  listenHost,
+  listenPort,
+);
+logger.info({ url }, 'operator listening');
+
+let stopping = false;
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping: releasing the lease');
+    server.close();
+    operator.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  });
+}
