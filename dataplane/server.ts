@@ -12,6 +12,10 @@ import type { UsageSink } from './metering/usage.ts';
 import { adminUsageRoutes, usageRoutes } from './usage/api.ts';
 import type { Db } from './usage/queries.ts';
 import { adminPlugin, type ApplyResult } from './admin/admin.ts';
+import { Admission } from './admission/admission.ts';
+import type { JwksOptions } from './auth/jwt.ts';
+import { corsHook } from './http/cors.ts';
+import type { QuotaManager } from './metering/quota.ts';
 import { errorBody, gatewayError } from './errors.ts';
 import { createMetrics } from './metrics/metrics.ts';
 import { saneRequestId } from './proxy/headers.ts';
@@ -28,8 +32,15 @@ export const GPUGATE_VERSION: string = (
 
 export interface DataPlaneOptions {
   logger?: Logger;
-  /** Receives one usage event per admitted request; none: usage is not recorded. */
+  /**
+   * Receives one usage event per admitted request; none: usage is not recorded. A sink with
+   * canAdmit(failOpen) (the metering writer) also refuses fail-closed tenants while it cannot record.
+   */
   usageSink?: UsageSink;
+  /** Quota leases (createQuotaManager); none: quotas are not enforced. */
+  quota?: QuotaManager;
+  /** JWKS fetching: refetch cooldown on unknown kids, cache age, timeout. */
+  jwks?: Partial<JwksOptions>;
   /** The usage database behind GET /v1/usage and the admin usage routes; none: they answer 503. */
   usageDb?: Db;
   registry?: Registry;
@@ -59,6 +70,10 @@ export interface DataPlane {
   revision(): string | null;
   /** Stops accepting, waits for in-flight requests (up to drainMs, then cuts them), closes pools and ports. */
   close(opts?: { drainMs?: number }): Promise<void>;
+}
+
+interface MeteringGate {
+  canAdmit(failOpen: boolean): boolean;
 }
 
 /** Problems validation cannot see but compiling would trip on. */
@@ -97,6 +112,13 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   });
   const outlier: OutlierOptions = { ...DEFAULT_OUTLIER, ...opts.outlier };
   const scrapeIntervalMs = opts.scrapeIntervalMs ?? 1_000;
+  const sink = opts.usageSink;
+  const admission = new Admission({
+    logger,
+    quota: opts.quota ?? null,
+    metering: sink && 'canAdmit' in sink && typeof sink.canAdmit === 'function' ? (sink as MeteringGate) : null,
+    jwks: opts.jwks,
+  });
   let current: Runtime | null = null;
   let draining = false;
 
@@ -123,7 +145,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       metrics.snapshotApplies.labels('unchanged').inc();
       return { accepted: true, changed: false, revision: snapshot.revision };
     }
-    const next = new Runtime(snapshot, { registry: upstreams, metrics, logger, scrapeIntervalMs });
+    const next = new Runtime(snapshot, { registry: upstreams, metrics, logger, scrapeIntervalMs, admission });
     upstreams.retain(next.endpointStates());
     const previous = current;
     current = next; // the swap: requests that already hold `previous` finish on it
@@ -181,6 +203,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   await proxy.register(
     usageRoutes({ db: opts.usageDb ?? null, current: () => current, version: GPUGATE_VERSION }),
   );
+  // CORS before routing: preflights are answered here and never reach identity or a backend.
+  proxy.addHook('onRequest', corsHook(() => current?.admission.cors ?? null, GPUGATE_VERSION));
   await proxy.register(
     proxyPlugin({
       current: () => current,

@@ -12,7 +12,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { Route } from '../config/snapshot.ts';
-import { backendAllowed, identify, modelAllowed, type Principal } from '../auth/identify.ts';
+import type { Admitted } from '../admission/admission.ts';
+import { backendAllowed, modelAllowed, type Principal } from '../auth/identify.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import type { UsageSink } from '../metering/usage.ts';
@@ -161,6 +162,8 @@ class Exchange {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   principal: Principal | null = null;
+  /** Rate-limit and quota admission; ended once with the usage when the request ends. */
+  admitted: Admitted | null = null;
   backend: CompiledBackend | null = null;
   route: Route | null = null;
   endpoint: EndpointState | null = null;
@@ -483,7 +486,8 @@ class Proxy {
     const children = ex.backend ? ex.backend.metrics : this.deps.metrics.requestChildren('');
     children.byClass[codeClass(status)].inc();
     children.duration.observe(seconds);
-    if (this.deps.usageSink && ex.principal) this.emitUsage(ex, status, seconds);
+    if ((this.deps.usageSink || ex.admitted) && ex.principal) this.emitUsage(ex, status, seconds);
+    else ex.admitted?.end(null);
   }
 
   emitUsage(ex: Exchange, status: number, seconds: number): void {
@@ -503,6 +507,7 @@ class Proxy {
         inputTokens * p.perInputToken +
         outputTokens * p.perOutputToken;
     }
+    ex.admitted?.end({ inputTokens, outputTokens, credits });
     const principal = ex.principal as Principal;
     try {
       this.deps.usageSink?.record({
@@ -721,8 +726,8 @@ class Proxy {
     });
   }
 
-  listModels(ex: Exchange): void {
-    const who = identify(ex.req.headers, ex.rt.keys, Date.now());
+  async listModels(ex: Exchange): Promise<void> {
+    const who = await ex.rt.admission.authenticate(ex.req);
     if (!who.ok) return this.writeError(ex, who.error);
     ex.principal = who.principal;
     const data = modelsFor(ex.rt, who.principal).map((id) => ({
@@ -823,7 +828,7 @@ class Proxy {
     if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
       entries = entries.filter((e) => e.route.public);
     } else {
-      const who = identify(headers, rt.keys, Date.now());
+      const who = await rt.admission.authenticate(req);
       if (!who.ok) return this.writeError(ex, who.error, hasBody);
       ex.principal = who.principal;
     }
@@ -870,6 +875,18 @@ class Proxy {
         true,
       );
     }
+    const admitted = await rt.admission.admit({
+      principal: ex.principal,
+      req,
+      res: ex.res,
+      backend,
+      route: entry.route,
+      body: buffered,
+      bodyBytes: ex.bytesIn,
+    });
+    if (admitted === null) return; // the client went away
+    if ('status' in admitted) return this.writeError(ex, admitted, unread);
+    ex.admitted = admitted;
     if (buffered) ex.body = buffered;
     else if (hasBody) {
       if (contentLength < 0) {

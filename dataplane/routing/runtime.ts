@@ -4,7 +4,8 @@
 // replaced runtime releases its endpoints once its last request has ended.
 import type { Logger } from 'pino';
 import type { Backend, Route, Settings, Snapshot } from '../config/snapshot.ts';
-import { buildKeyIndex, type KeyIndex } from '../auth/identify.ts';
+import type { Admission, CompiledAdmission } from '../admission/admission.ts';
+import type { KeyIndex } from '../auth/identify.ts';
 import { createBalancer, type Balancer } from '../upstream/balancers.ts';
 import type { BackendState, EndpointState, UpstreamRegistry } from '../upstream/endpoint.ts';
 import { BackendMonitor } from '../upstream/health.ts';
@@ -33,6 +34,8 @@ export interface RuntimeOptions {
   metrics: DataPlaneMetrics;
   logger: Logger;
   scrapeIntervalMs: number;
+  /** Identity and admission; compiled per snapshot, its buckets outlive the runtime. */
+  admission: Admission;
 }
 
 function escapeRegExp(s: string): string {
@@ -51,6 +54,7 @@ export class Runtime {
   readonly routes: RouteTable<CompiledBackend>;
   readonly backends: readonly CompiledBackend[];
   readonly keys: KeyIndex;
+  readonly admission: CompiledAdmission;
   /** Models served by name (not '*'), for /v1/models and 404 hints, with the backends serving each. */
   readonly namedModels: ReadonlyMap<string, readonly CompiledBackend[]>;
   /** True when some backend has async tasks, so paths are checked for task ids. */
@@ -62,7 +66,8 @@ export class Runtime {
   constructor(snapshot: Snapshot, opts: RuntimeOptions) {
     this.revision = snapshot.revision;
     this.settings = snapshot.settings;
-    this.keys = buildKeyIndex(snapshot.keys, snapshot.tenants);
+    this.admission = opts.admission.compile(snapshot);
+    this.keys = this.admission.keys;
     const backends: CompiledBackend[] = [];
     const routeEntries: { backend: CompiledBackend; route: Route }[] = [];
     const namedModels = new Map<string, CompiledBackend[]>();

@@ -1,0 +1,482 @@
+// The admission step, between routing and forwarding. Per snapshot it compiles what identity and
+// admission need (key index with parsed CIDRs, per-tenant JWT verifiers, trusted proxies, CORS);
+// across snapshots it keeps what must survive a swap (token buckets, in-flight counts, JWKS
+// caches, per-address buckets). The request path calls:
+//
+//   const who = await rt.admission.authenticate(req);        // 401/403/429 or a principal
+//   ... route, choose the backend ...
+//   const a = await rt.admission.admit({ principal, ... });  // 429/503 or a ticket; null: client gone
+//   ... forward ...
+//   a.end(usage);                                            // exactly once, when the response ends
+//
+// Order inside admit: rate limits (requests, tokens, concurrency; key, then tenant), the metering
+// gate for fail-closed tenants, then the quota lease. Nothing is spent unless everything passes.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isIP, type BlockList } from 'node:net';
+import type { Logger } from 'pino';
+import type { Backend, ClientLimits, Route, Snapshot } from '../config/snapshot.ts';
+import { gatewayError, type GatewayError } from '../errors.ts';
+import { addressIn, compileCidrs, normalizeAddress } from '../auth/cidr.ts';
+import {
+  buildKeyIndex,
+  credentialOf,
+  identifyKey,
+  MISSING_CREDENTIALS,
+  unauthenticated,
+  type IdentifyResult,
+  type KeyIndex,
+  type Principal,
+} from '../auth/identify.ts';
+import { JwksCache, JwtVerifiers, type JwksOptions } from '../auth/jwt.ts';
+import { compileCors, type CompiledCors } from '../http/cors.ts';
+import { AddressBuckets, LimitStore, replicaLimits, unlimited, type LimitState } from '../limits/limiter.ts';
+import type { TokenBucket } from '../limits/bucket.ts';
+import type { QuotaManager, QuotaTicket } from '../metering/quota.ts';
+
+export interface AdmissionOptions {
+  logger: Logger;
+  /** Quota leases; none: quotas are not enforced. */
+  quota?: QuotaManager | null;
+  /** The metering writer's gate: fail-closed tenants are refused while usage cannot be recorded. */
+  metering?: { canAdmit(failOpen: boolean): boolean } | null;
+  jwks?: Partial<JwksOptions>;
+  /** Leeway for exp and nbf. Default 30 s. */
+  clockToleranceSeconds?: number;
+  /** Output tokens assumed for a request that names no max_tokens. Default 256. */
+  defaultMaxTokens?: number;
+}
+
+export const DEFAULT_CLIENT_LIMITS: ClientLimits = {
+  publicRequestsPerMinute: 600,
+  authFailuresPerMinute: 30,
+};
+
+/** What a request actually used, from its usage event. */
+export interface Usage {
+  inputTokens: number;
+  outputTokens: number;
+  credits: number;
+}
+
+/** Proof of admission; end it exactly once (further calls do nothing). */
+export interface Admitted {
+  end(usage: Usage | null): void;
+}
+
+export interface AdmitRequest {
+  /** Null on a public route. */
+  principal: Principal | null;
+  req: IncomingMessage;
+  res: ServerResponse;
+  backend: Backend;
+  route: Route;
+  /** The body when the proxy buffered it (small JSON); null when it streams. */
+  body: Buffer | null;
+  bodyBytes: number;
+}
+
+const NOTHING_TO_END: Admitted = { end: () => undefined };
+
+/** Rough prompt size when the backend has not told us yet: ~4 bytes per token, as in metering. */
+function inputTokensOf(bodyBytes: number): number {
+  return Math.ceil(bodyBytes / 4);
+}
+
+function maxTokensOf(body: Buffer | null, fallback: number): number {
+  if (body === null) return fallback;
+  try {
+    const parsed: unknown = JSON.parse(body.toString('utf8'));
+    if (parsed !== null && typeof parsed === 'object') {
+      const p = parsed as Record<string, unknown>;
+      for (const field of ['max_tokens', 'max_completion_tokens', 'max_output_tokens']) {
+        const v = p[field];
+        if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.min(Math.ceil(v), 10_000_000);
+      }
+    }
+  } catch {
+    // not JSON: the fallback
+  }
+  return fallback;
+}
+
+function seconds(ms: number): number {
+  return Math.max(1, Math.ceil(ms / 1000));
+}
+
+interface Subject {
+  label: 'key' | 'tenant';
+  state: LimitState;
+}
+
+class Ticket implements Admitted {
+  readonly #subjects: readonly Subject[];
+  readonly #tokens: number;
+  readonly #quota: QuotaManager | null;
+  readonly #ticket: QuotaTicket | null;
+  #ended = false;
+
+  constructor(
+    subjects: readonly Subject[],
+    tokens: number,
+    quota: QuotaManager | null,
+    ticket: QuotaTicket | null,
+  ) {
+    this.#subjects = subjects;
+    this.#tokens = tokens;
+    this.#quota = quota;
+    this.#ticket = ticket;
+  }
+
+  end(usage: Usage | null): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    const now = Date.now();
+    for (const { state } of this.#subjects) {
+      state.inflight--;
+      // Correct the estimate charged at admission by what the backend reported.
+      if (state.tokens && usage)
+        state.tokens.adjust(this.#tokens - (usage.inputTokens + usage.outputTokens), now);
+    }
+    if (this.#quota && this.#ticket) this.#quota.settle(this.#ticket, usage?.credits ?? 0);
+  }
+}
+
+/** Lives as long as the data plane. */
+export class Admission {
+  readonly limits = new LimitStore();
+  readonly publicBuckets = new AddressBuckets();
+  readonly failureBuckets = new AddressBuckets();
+  readonly jwks: JwksCache;
+  readonly opts: AdmissionOptions;
+  readonly quota: QuotaManager | null;
+
+  constructor(opts: AdmissionOptions) {
+    this.opts = opts;
+    this.quota = opts.quota ?? null;
+    this.jwks = new JwksCache(opts.jwks);
+  }
+
+  compile(snapshot: Snapshot): CompiledAdmission {
+    const compiled = new CompiledAdmission(this, snapshot);
+    const keyIds = new Set(snapshot.keys.map((k) => `key:${k.id}`));
+    const tenantIds = new Set(snapshot.tenants.map((t) => `tenant:${t.id}`));
+    this.limits.retain((s) => keyIds.has(s) || tenantIds.has(s));
+    return compiled;
+  }
+}
+
+export class CompiledAdmission {
+  readonly keys: KeyIndex;
+  readonly cors: CompiledCors | null;
+  readonly #shared: Admission;
+  readonly #jwt: JwtVerifiers;
+  readonly #trusted: BlockList | null;
+  readonly #replicas: number;
+  readonly #publicPerMinute: number;
+  readonly #failuresPerMinute: number;
+  /** Resolves once the quota manager tracks this snapshot's quotas; admission waits for it. */
+  readonly #quotaReady: Promise<void>;
+
+  constructor(shared: Admission, snapshot: Snapshot) {
+    const { logger } = shared.opts;
+    this.#shared = shared;
+    const s = snapshot.settings;
+    this.#replicas = s.replicas;
+    this.keys = buildKeyIndex(snapshot.keys, snapshot.tenants, (keyId, message) =>
+      logger.warn({ key: keyId }, message),
+    );
+    this.#jwt = new JwtVerifiers(snapshot.tenants, shared.jwks, shared.opts.clockToleranceSeconds ?? 30);
+    this.cors = compileCors(s.cors);
+    let trusted: BlockList | null = null;
+    if (s.trustedProxies && s.trustedProxies.length > 0) {
+      const parsed = compileCidrs(s.trustedProxies);
+      if (parsed.ok) trusted = parsed.list;
+      else logger.warn({ problem: parsed.message }, 'settings.trustedProxies ignored');
+    }
+    this.#trusted = trusted;
+    const cl = s.clientLimits ?? DEFAULT_CLIENT_LIMITS;
+    this.#publicPerMinute =
+      cl.publicRequestsPerMinute === 0 ? 0 : Math.max(1, cl.publicRequestsPerMinute / s.replicas);
+    this.#failuresPerMinute =
+      cl.authFailuresPerMinute === 0 ? 0 : Math.max(1, cl.authFailuresPerMinute / s.replicas);
+    const quota = shared.quota;
+    this.#quotaReady = quota
+      ? quota.applySnapshot(snapshot).catch((err: unknown) => {
+          logger.error(
+            { err },
+            'quota manager could not take the snapshot; quotas keep their previous state',
+          );
+        })
+      : Promise.resolve();
+  }
+
+  /**
+   * The client's address: the socket peer, or, when the peer is a trusted proxy, the nearest
+   * X-Forwarded-For entry that is not a trusted proxy.
+   */
+  clientIp(req: IncomingMessage): string {
+    const peer = normalizeAddress(req.socket.remoteAddress ?? '');
+    const trusted = this.#trusted;
+    if (trusted === null || !addressIn(trusted, peer)) return peer;
+    const xff = req.headers['x-forwarded-for'];
+    if (typeof xff !== 'string') return peer;
+    const hops = xff.split(',');
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = normalizeAddress((hops[i] as string).trim());
+      if (isIP(hop) === 0) return peer;
+      if (!addressIn(trusted, hop)) return hop;
+    }
+    return peer;
+  }
+
+  /** Who is calling. Addresses with too many failed attempts are refused before their credential is looked at. */
+  authenticate(req: IncomingMessage): IdentifyResult | Promise<IdentifyResult> {
+    const now = Date.now();
+    const ip = this.clientIp(req);
+    const perMinute = this.#failuresPerMinute;
+    if (perMinute > 0) {
+      const wait = this.#shared.failureBuckets.waitFor(ip, perMinute, now);
+      if (wait > 0) {
+        return {
+          ok: false,
+          error: gatewayError(
+            429,
+            'rate_limit_error',
+            'rate_limit_exceeded',
+            `too many failed authentications from ${ip}; retry in ${seconds(wait)} s`,
+            { 'retry-after': String(seconds(wait)) },
+          ),
+        };
+      }
+    }
+    const credential = credentialOf(req.headers);
+    switch (credential.kind) {
+      case 'none':
+        // Not counted: sending nothing guesses nothing.
+        return unauthenticated('missing_credentials', MISSING_CREDENTIALS);
+      case 'malformed':
+        return this.#counted(unauthenticated('invalid_api_key', credential.message), ip, now);
+      case 'key':
+        return this.#counted(identifyKey(credential.key, this.keys, now, ip), ip, now);
+      case 'jwt':
+        if (this.#jwt.size === 0) {
+          return this.#counted(
+            unauthenticated(
+              'invalid_api_key',
+              'the credential is not a gpugate API key, and no tenant accepts JWTs',
+            ),
+            ip,
+            now,
+          );
+        }
+        return this.#jwt.verify(credential.token, now).then((r) => this.#counted(r, ip, Date.now()));
+    }
+  }
+
+  #counted(r: IdentifyResult, ip: string, now: number): IdentifyResult {
+    if (!r.ok && r.error.status === 401 && this.#failuresPerMinute > 0) {
+      this.#shared.failureBuckets.spend(ip, this.#failuresPerMinute, now);
+    }
+    return r;
+  }
+
+  /** Rate limits, the metering gate and the quota for one routed request. Null: the client went away. */
+  admit(a: AdmitRequest): Admitted | GatewayError | null | Promise<Admitted | GatewayError | null> {
+    const now = Date.now();
+    const principal = a.principal;
+    if (principal === null) return this.#admitPublic(a.req, now);
+    const { tenant, key } = principal;
+    const shared = this.#shared;
+    const subjects: Subject[] = [];
+    if (key !== null) {
+      const l = replicaLimits(key.limits, this.#replicas);
+      if (!unlimited(l)) subjects.push({ label: 'key', state: shared.limits.state(`key:${key.id}`, l, now) });
+    }
+    const tl = replicaLimits(tenant.limits, this.#replicas);
+    if (!unlimited(tl))
+      subjects.push({ label: 'tenant', state: shared.limits.state(`tenant:${tenant.id}`, tl, now) });
+
+    const needsEstimate =
+      subjects.some((s) => s.state.tokens !== null) ||
+      (shared.quota !== null && (tenant.quota !== null || (key !== null && key.quota !== null)));
+    const inputTokens = needsEstimate ? inputTokensOf(a.bodyBytes) : 0;
+    const maxTokens = needsEstimate ? maxTokensOf(a.body, shared.opts.defaultMaxTokens ?? 256) : 0;
+    const tokens = inputTokens + maxTokens;
+
+    for (const s of subjects) {
+      const refused = this.#check(s, tokens, now);
+      if (refused) return refused;
+    }
+    for (const { state } of subjects) {
+      state.requests?.take(1, now);
+      state.tokens?.take(tokens, now);
+      state.inflight++;
+    }
+    if (subjects.length > 0) this.#stamp(a.res, subjects, now);
+
+    if (shared.opts.metering && !shared.opts.metering.canAdmit(tenant.failOpen)) {
+      this.#undo(subjects, tokens);
+      return gatewayError(
+        503,
+        'overloaded_error',
+        'metering_unavailable',
+        `usage cannot be recorded right now and tenant ${tenant.id} is fail-closed; retry later`,
+        { 'retry-after': '5' },
+      );
+    }
+    const quota = shared.quota;
+    if (quota === null || (tenant.quota === null && (key === null || key.quota === null))) {
+      if (subjects.length === 0) return NOTHING_TO_END;
+      return this.#guarded(new Ticket(subjects, tokens, null, null), a.res);
+    }
+    const p = a.backend.pricing;
+    const estimate =
+      p.perRequest + (a.route.cost ?? 0) + inputTokens * p.perInputToken + maxTokens * p.perOutputToken;
+    return this.#admitQuota(quota, a, subjects, tokens, estimate);
+  }
+
+  async #admitQuota(
+    quota: QuotaManager,
+    a: AdmitRequest,
+    subjects: Subject[],
+    tokens: number,
+    estimate: number,
+  ): Promise<Admitted | GatewayError | null> {
+    const { tenant, key } = a.principal as Principal;
+    await this.#quotaReady;
+    const d = await quota.admit(tenant.id, key?.id ?? null, estimate);
+    if (!d.ok) {
+      this.#undo(subjects, tokens);
+      const whose = d.subject === 'key' && key ? `API key ${key.prefix}…` : `tenant ${tenant.id}`;
+      if (d.code === 'quota_unavailable') {
+        return gatewayError(
+          503,
+          'overloaded_error',
+          'quota_unavailable',
+          `the quota of ${whose} cannot be checked right now and the tenant is fail-closed; retry later`,
+          { 'retry-after': '1' },
+        );
+      }
+      const end = d.periodEnd;
+      return gatewayError(
+        429,
+        'rate_limit_error',
+        'quota_exceeded',
+        end
+          ? `the credit quota of ${whose} is used up until ${end.toISOString()}`
+          : `the credit quota of ${whose} is used up (it does not reset; ask for a top-up)`,
+        end ? { 'retry-after': String(seconds(end.getTime() - Date.now())) } : undefined,
+      );
+    }
+    return this.#guarded(new Ticket(subjects, tokens, quota, d.ticket), a.res);
+  }
+
+  /**
+   * The proxy ends a ticket with the request's usage when the response closes; this second close
+   * listener (registered later, so it runs after the proxy's) ends it with nothing if that did not
+   * happen, and a client that left while admission was pending gets null (nothing is forwarded).
+   */
+  #guarded(ticket: Ticket, res: ServerResponse): Ticket | null {
+    if (res.destroyed) {
+      ticket.end(null);
+      return null;
+    }
+    res.once('close', () => ticket.end(null));
+    return ticket;
+  }
+
+  #check(s: Subject, tokens: number, now: number): GatewayError | null {
+    const { state, label } = s;
+    if (state.concurrent > 0 && state.inflight >= state.concurrent) {
+      return this.#refusal(label, 'concurrent requests', state.concurrent, 1000, null, now);
+    }
+    if (state.requests) {
+      const wait = state.requests.waitFor(1, now);
+      if (wait > 0) return this.#refusal(label, 'requests per minute', 0, wait, state.requests, now);
+    }
+    if (state.tokens) {
+      const wait = state.tokens.waitFor(tokens, now);
+      if (wait > 0) return this.#refusal(label, 'tokens per minute', 0, wait, state.tokens, now);
+    }
+    return null;
+  }
+
+  #refusal(
+    label: string,
+    what: string,
+    concurrent: number,
+    waitMs: number,
+    bucket: TokenBucket | null,
+    now: number,
+  ): GatewayError {
+    const headers: Record<string, string> = { 'retry-after': String(seconds(waitMs)) };
+    if (bucket) {
+      headers['x-ratelimit-limit'] = String(Math.floor(bucket.capacity));
+      headers['x-ratelimit-remaining'] = String(bucket.remaining(now));
+      headers['x-ratelimit-reset'] = String(seconds(bucket.msUntilFull(now)));
+      headers['x-ratelimit-scope'] = `${label}; ${what === 'tokens per minute' ? 'tokens' : 'requests'}`;
+    }
+    const limit = bucket ? Math.floor(bucket.capacity) : concurrent;
+    return gatewayError(
+      429,
+      'rate_limit_error',
+      'rate_limit_exceeded',
+      `the ${label}'s limit of ${limit} ${what} on this gateway replica is reached; retry in ${seconds(waitMs)} s`,
+      headers,
+    );
+  }
+
+  /** X-RateLimit-* of the bucket with the smallest share left (requests or tokens, key or tenant). */
+  #stamp(res: ServerResponse, subjects: readonly Subject[], now: number): void {
+    let best: TokenBucket | null = null;
+    let bestLabel = '';
+    let bestShare = Infinity;
+    for (const { label, state } of subjects) {
+      for (const [kind, b] of [
+        ['requests', state.requests],
+        ['tokens', state.tokens],
+      ] as const) {
+        if (!b) continue;
+        const share = b.remaining(now) / b.capacity;
+        if (share < bestShare) {
+          best = b;
+          bestShare = share;
+          bestLabel = `${label}; ${kind}`;
+        }
+      }
+    }
+    if (!best) return;
+    res.setHeader('x-ratelimit-limit', String(Math.floor(best.capacity)));
+    res.setHeader('x-ratelimit-remaining', String(best.remaining(now)));
+    res.setHeader('x-ratelimit-reset', String(seconds(best.msUntilFull(now))));
+    res.setHeader('x-ratelimit-scope', bestLabel);
+  }
+
+  #undo(subjects: readonly Subject[], tokens: number): void {
+    const now = Date.now();
+    for (const { state } of subjects) {
+      state.requests?.adjust(1, now);
+      state.tokens?.adjust(tokens, now);
+      state.inflight--;
+    }
+  }
+
+  #admitPublic(req: IncomingMessage, now: number): Admitted | GatewayError {
+    const perMinute = this.#publicPerMinute;
+    if (perMinute === 0) return NOTHING_TO_END;
+    const ip = this.clientIp(req);
+    const buckets = this.#shared.publicBuckets;
+    const wait = buckets.waitFor(ip, perMinute, now);
+    if (wait > 0) {
+      return gatewayError(
+        429,
+        'rate_limit_error',
+        'rate_limit_exceeded',
+        `too many requests to public routes from ${ip}; retry in ${seconds(wait)} s`,
+        { 'retry-after': String(seconds(wait)) },
+      );
+    }
+    buckets.spend(ip, perMinute, now);
+    return NOTHING_TO_END;
+  }
+}

@@ -1,0 +1,249 @@
+// JWT identity, per tenant. A token names its issuer; the tenant is the one whose jwt.issuer is
+// that issuer and whose audiences include the token's audience (a tenant without audiences takes
+// any). The claim is read unverified only to pick the tenant; the token is then verified against
+// that tenant's keys alone: a JWKS (asymmetric algorithms only) or an HS256 secret (HS256 only), so
+// a token signed with HS256 over a tenant's public key, or with alg "none", never verifies.
+// Verifiers are built when a snapshot is compiled; remote key sets live in a JwksCache that
+// outlives snapshots, so a swap never refetches keys.
+import {
+  createRemoteJWKSet,
+  decodeJwt,
+  errors,
+  jwtVerify,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import type { Tenant } from '../config/snapshot.ts';
+import { gatewayError } from '../errors.ts';
+import { forbidden, unauthenticated, type IdentifyResult } from './identify.ts';
+
+export interface JwksOptions {
+  /** After a successful fetch, an unknown kid triggers another fetch only after this long. */
+  cooldownMs: number;
+  /** Cached keys are refetched after this long even when every kid is known. */
+  cacheMaxAgeMs: number;
+  /** Timeout of one JWKS fetch. */
+  timeoutMs: number;
+}
+
+export const DEFAULT_JWKS: JwksOptions = { cooldownMs: 30_000, cacheMaxAgeMs: 600_000, timeoutMs: 5_000 };
+
+/** Accepted from a JWKS: asymmetric signatures only. */
+const ASYMMETRIC = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+];
+const HMAC = ['HS256'];
+
+/** Remote key sets by URL; jose caches the keys and bounds refetches on unknown kids (cooldown). */
+export class JwksCache {
+  readonly #sets = new Map<string, JWTVerifyGetKey>();
+  readonly #options: JwksOptions;
+
+  constructor(options: Partial<JwksOptions> = {}) {
+    this.#options = { ...DEFAULT_JWKS, ...options };
+  }
+
+  get(url: string): JWTVerifyGetKey {
+    let set = this.#sets.get(url);
+    if (!set) {
+      set = createRemoteJWKSet(new URL(url), {
+        cooldownDuration: this.#options.cooldownMs,
+        cacheMaxAge: this.#options.cacheMaxAgeMs,
+        timeoutDuration: this.#options.timeoutMs,
+      });
+      this.#sets.set(url, set);
+    }
+    return set;
+  }
+
+  /** Forgets key sets no tenant names any more. */
+  retain(urls: ReadonlySet<string>): void {
+    for (const url of this.#sets.keys()) if (!urls.has(url)) this.#sets.delete(url);
+  }
+}
+
+interface TenantVerifier {
+  tenant: Tenant;
+  issuer: string;
+  audiences: readonly string[];
+  key: JWTVerifyGetKey | Uint8Array;
+  algorithms: string[];
+  subjectClaim: string;
+  userNameClaim: string;
+}
+
+const SAFE_HEADER_VALUE = /^[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?$/;
+
+/** A claim as a header value: plain printable ASCII as is, anything else percent-encoded. */
+function claimHeader(value: unknown): string | null {
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  if (typeof value !== 'string' || value === '') return null;
+  if (SAFE_HEADER_VALUE.test(value)) return value;
+  return encodeURIComponent(value.slice(0, 256));
+}
+
+function shown(value: string): string {
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value);
+}
+
+function audienceOf(payload: JWTPayload): string[] {
+  const aud = payload.aud;
+  if (typeof aud === 'string') return [aud];
+  if (Array.isArray(aud)) return aud.filter((a): a is string => typeof a === 'string');
+  return [];
+}
+
+function invalidToken(message: string): IdentifyResult {
+  return unauthenticated('invalid_token', message);
+}
+
+export class JwtVerifiers {
+  readonly #byIssuer = new Map<string, TenantVerifier[]>();
+  readonly #clockToleranceS: number;
+
+  constructor(tenants: readonly Tenant[], jwks: JwksCache, clockToleranceS: number) {
+    this.#clockToleranceS = clockToleranceS;
+    const urls = new Set<string>();
+    for (const tenant of tenants) {
+      const jwt = tenant.jwt;
+      if (!jwt) continue;
+      let key: JWTVerifyGetKey | Uint8Array;
+      let algorithms: string[];
+      if (jwt.jwksUrl !== undefined) {
+        urls.add(jwt.jwksUrl);
+        key = jwks.get(jwt.jwksUrl);
+        algorithms = ASYMMETRIC;
+      } else if (jwt.hsSecret !== undefined) {
+        key = new TextEncoder().encode(jwt.hsSecret);
+        algorithms = HMAC;
+      } else continue;
+      const verifier: TenantVerifier = {
+        tenant,
+        issuer: jwt.issuer,
+        audiences: jwt.audiences,
+        key,
+        algorithms,
+        subjectClaim: jwt.subjectClaim,
+        userNameClaim: jwt.userNameClaim,
+      };
+      const list = this.#byIssuer.get(jwt.issuer) ?? [];
+      list.push(verifier);
+      this.#byIssuer.set(jwt.issuer, list);
+    }
+    jwks.retain(urls);
+  }
+
+  get size(): number {
+    return this.#byIssuer.size;
+  }
+
+  /** The tenant a token claims to belong to, by issuer and audience; unverified. */
+  #pick(payload: JWTPayload): TenantVerifier | IdentifyResult {
+    const iss = payload.iss;
+    if (typeof iss !== 'string') return invalidToken('the token has no issuer (iss)');
+    const candidates = this.#byIssuer.get(iss);
+    if (!candidates) return invalidToken(`no tenant accepts tokens from issuer ${shown(iss)}`);
+    const aud = audienceOf(payload);
+    const byAudience = candidates.filter((c) => c.audiences.some((a) => aud.includes(a)));
+    const chosen = byAudience.length > 0 ? byAudience : candidates.filter((c) => c.audiences.length === 0);
+    if (chosen.length === 0) {
+      return invalidToken(`the token's audience is not accepted by any tenant of issuer ${shown(iss)}`);
+    }
+    if (chosen.length > 1) {
+      // Two tenants share issuer and audience: which one pays is undecidable, so nobody does.
+      return invalidToken(`more than one tenant accepts issuer ${shown(iss)} with this audience`);
+    }
+    return chosen[0] as TenantVerifier;
+  }
+
+  async verify(token: string, now: number): Promise<IdentifyResult> {
+    let claimed: JWTPayload;
+    try {
+      claimed = decodeJwt(token);
+    } catch {
+      return invalidToken('the bearer token is not a well-formed JWT');
+    }
+    const v = this.#pick(claimed);
+    if ('ok' in v) return v;
+    let payload: JWTPayload;
+    try {
+      const verifyOptions = {
+        issuer: v.issuer,
+        audience: v.audiences.length > 0 ? [...v.audiences] : undefined,
+        algorithms: v.algorithms,
+        clockTolerance: this.#clockToleranceS,
+        currentDate: new Date(now),
+        requiredClaims: ['exp'],
+      };
+      payload =
+        v.key instanceof Uint8Array
+          ? (await jwtVerify(token, v.key, verifyOptions)).payload
+          : (await jwtVerify(token, v.key, verifyOptions)).payload;
+    } catch (err) {
+      return this.#failure(err);
+    }
+    const tenant = v.tenant;
+    const userId = claimHeader(payload[v.subjectClaim]);
+    if (userId === null) return invalidToken(`the token has no ${shown(v.subjectClaim)} claim`);
+    if (tenant.suspended) return forbidden('tenant_suspended', `tenant ${tenant.id} is suspended`);
+    return {
+      ok: true,
+      principal: { tenant, key: null, userId, userName: claimHeader(payload[v.userNameClaim]) },
+    };
+  }
+
+  #failure(err: unknown): IdentifyResult {
+    if (err instanceof errors.JWTExpired) return unauthenticated('token_expired', 'the token has expired');
+    if (err instanceof errors.JWTClaimValidationFailed) {
+      return invalidToken(`the token's ${shown(err.claim)} claim is not accepted (${err.reason})`);
+    }
+    if (err instanceof errors.JOSEAlgNotAllowed) {
+      return invalidToken("the token's signing algorithm is not accepted for its issuer");
+    }
+    if (err instanceof errors.JWKSNoMatchingKey) {
+      return invalidToken("no key of the issuer's key set matches the token (kid)");
+    }
+    if (
+      err instanceof errors.JWKSTimeout ||
+      (err instanceof errors.JOSEError && err.code === 'ERR_JOSE_GENERIC')
+    ) {
+      return {
+        ok: false,
+        error: gatewayError(
+          503,
+          'overloaded_error',
+          'jwks_unavailable',
+          "the issuer's key set could not be fetched; retry",
+          { 'retry-after': '5' },
+        ),
+      };
+    }
+    if (err instanceof errors.JOSEError) return invalidToken('the token signature or format is not valid');
+    if (err instanceof TypeError) {
+      // fetch() failing to connect: the key set is unreachable, not the token wrong.
+      return {
+        ok: false,
+        error: gatewayError(
+          503,
+          'overloaded_error',
+          'jwks_unavailable',
+          "the issuer's key set could not be fetched; retry",
+          {
+            'retry-after': '5',
+          },
+        ),
+      };
+    }
+    return invalidToken('the token could not be verified');
+  }
+}
