@@ -62,20 +62,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.postgres.existingSecret }}{{ .Values.postgres.secretKey }}{{ else }}url{{ end }}
 {{- end }}
 
-{{/* Env shared by both programs. */}}
-{{- define "gpugate.commonEnv" -}}
-- name: LOG_LEVEL
-  value: {{ .Values.logLevel | quote }}
-- name: GPUGATE_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
-- name: GPUGATE_POD_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.name
-- name: GPUGATE_PUSH_TOKEN_FILE
-  value: /var/run/gpugate/push-token/token
+{{/* DATABASE_URL for both programs, when metering has a database. */}}
+{{- define "gpugate.databaseEnv" -}}
 {{- if include "gpugate.databaseSecret" . }}
 - name: DATABASE_URL
   valueFrom:
