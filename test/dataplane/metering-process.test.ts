@@ -1,0 +1,354 @@
+// Metering of whole data-plane processes (`node dataplane/main.ts --database-url`) under steady load
+// from a real HTTP client against the GPU simulator and real Postgres: SIGTERM mid-run loses
+// nothing, SIGKILL loses at most about one flush interval (measured and printed); and, in-process,
+// streaming usage from the final SSE chunk and a stream cut by the client.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import pg from 'pg';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate } from '../../dataplane/metering/migrate.ts';
+import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
+import type { DataPlane } from '../../dataplane/server.ts';
+import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import { useTestDatabase } from '../fixtures/postgres.ts';
+import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant, until } from './harness.ts';
+
+const root = resolve(import.meta.dirname, '..', '..');
+const db = useTestDatabase();
+/** The data plane's metering flush interval (createMeteringWriter's default, which main.ts uses). */
+const FLUSH_INTERVAL_MS = 200;
+const CONCURRENCY = 8;
+const LOAD_BEFORE_SIGNAL_MS = 1500;
+
+interface Load {
+  ok: Set<string>;
+  otherStatus: Map<number, number>;
+  /** Connection refused or reset before any response: never accepted. */
+  notAccepted: number;
+  /** A response had started and then failed. */
+  brokenAfterHeaders: number;
+  startedAt: number;
+  stop(): Promise<void>;
+}
+
+/** CONCURRENCY closed-loop clients sending chat completions with their own request ids. */
+function steadyLoad(url: string, secret: string, dispatcher: Agent): Load {
+  const load: Load = {
+    ok: new Set(),
+    otherStatus: new Map(),
+    notAccepted: 0,
+    brokenAfterHeaders: 0,
+    startedAt: Date.now(),
+    stop: async () => undefined,
+  };
+  let running = true;
+  const deadline = Date.now() + 20_000;
+  const worker = async () => {
+    while (running && Date.now() < deadline) {
+      const id = randomUUID();
+      let status = 0;
+      try {
+        const res = await request(url + '/v1/chat/completions', {
+          method: 'POST',
+          dispatcher,
+          body: chat('sim', { max_tokens: 4 }),
+          headers: {
+            'content-type': 'application/json',
+            authorization: `Bearer ${secret}`,
+            'x-request-id': id,
+          },
+        });
+        status = res.statusCode;
+        await res.body.text();
+        if (status === 200) load.ok.add(id);
+        else load.otherStatus.set(status, (load.otherStatus.get(status) ?? 0) + 1);
+      } catch {
+        if (status === 0) load.notAccepted++;
+        else load.brokenAfterHeaders++;
+        // The gateway is going away: stop this client rather than spin on refused connections.
+        if (status === 0) await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  };
+  const workers = Array.from({ length: CONCURRENCY }, worker);
+  load.stop = async () => {
+    running = false;
+    await Promise.all(workers);
+  };
+  return load;
+}
+
+async function startProcess(
+  snapshotFile: string,
+): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null>; log: () => string }> {
+  const child = spawn(
+    process.execPath,
+    [
+      'dataplane/main.ts',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--admin-host',
+      '127.0.0.1',
+      '--admin-port',
+      '0',
+      '--snapshot',
+      snapshotFile,
+      '--database-url',
+      db.url,
+      '--drain-ms',
+      '10000',
+    ],
+    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } },
+  );
+  let log = '';
+  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  await until(() => log.includes('"msg":"snapshot applied"') || child.exitCode !== null, 30_000);
+  const line = log.split('\n').find((l) => l.includes('"msg":"data plane listening"'));
+  if (!line) throw new Error(`the data plane did not start:\n${log}`);
+  return { child, url: (JSON.parse(line) as { url: string }).url, exited, log: () => log };
+}
+
+describe('metering of a data-plane process', () => {
+  let sim: Simulator;
+  let pool: pg.Pool;
+  let dir: string;
+  let snapshotFile: string;
+  const key = apiKey('team/load');
+
+  beforeAll(async () => {
+    await migrate(db.url);
+    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    sim = await startSimulator({
+      host: '127.0.0.1',
+      port: 0,
+      models: ['sim'],
+      prefillMsPerToken: 0,
+      decodeMsPerToken: 2,
+    });
+    dir = mkdtempSync(join(tmpdir(), 'gpugate-metering-process-'));
+    snapshotFile = join(dir, 'snapshot.json');
+    writeFileSync(
+      snapshotFile,
+      JSON.stringify(
+        snapshot({
+          backends: [backend('team/sim', [sim.url])],
+          tenants: [tenant('team/load')],
+          keys: [key.key],
+        }),
+      ),
+    );
+  });
+  afterAll(async () => {
+    await sim?.close();
+    await pool?.end();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function storedOf(ids: Set<string>): Promise<Set<string>> {
+    const { rows } = await pool.query<{ request_id: string }>(
+      'SELECT request_id FROM usage_events WHERE request_id = ANY($1::text[])',
+      [[...ids]],
+    );
+    return new Set(rows.map((r) => r.request_id));
+  }
+
+  it('SIGTERM mid-run: every accepted request completes and every served request has its usage event', async () => {
+    const plane = await startProcess(snapshotFile);
+    const dispatcher = new Agent({ connections: CONCURRENCY });
+    const load = steadyLoad(plane.url, key.secret, dispatcher);
+    await new Promise((r) => setTimeout(r, LOAD_BEFORE_SIGNAL_MS));
+    const servedBeforeSignal = load.ok.size;
+    plane.child.kill('SIGTERM');
+    const code = await plane.exited;
+    await load.stop();
+    await dispatcher.close();
+    const stored = await storedOf(load.ok);
+    const lost = [...load.ok].filter((id) => !stored.has(id)).length;
+    console.log(
+      `SIGTERM: ${load.ok.size} served (${servedBeforeSignal} before the signal), ${lost} events lost, ` +
+        `${load.brokenAfterHeaders} broken after headers, ${load.notAccepted} refused connections, ` +
+        `other statuses ${JSON.stringify(Object.fromEntries(load.otherStatus))}, exit ${code}`,
+    );
+    expect(code).toBe(0);
+    expect(plane.log()).toContain('"msg":"usage flushed"');
+    expect(load.ok.size).toBeGreaterThan(50);
+    expect(load.brokenAfterHeaders).toBe(0);
+    expect(lost).toBe(0);
+  });
+
+  it('SIGKILL mid-run loses at most about one flush interval of events (measured)', async () => {
+    const plane = await startProcess(snapshotFile);
+    const dispatcher = new Agent({ connections: CONCURRENCY });
+    const load = steadyLoad(plane.url, key.secret, dispatcher);
+    await new Promise((r) => setTimeout(r, LOAD_BEFORE_SIGNAL_MS));
+    plane.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    await plane.exited;
+    await load.stop();
+    await dispatcher.close();
+    const rate = load.ok.size / ((killedAt - load.startedAt) / 1000);
+    const stored = await storedOf(load.ok);
+    const lost = [...load.ok].filter((id) => !stored.has(id)).length;
+    const oneInterval = (rate * FLUSH_INTERVAL_MS) / 1000;
+    console.log(
+      `SIGKILL: ${load.ok.size} served at ${rate.toFixed(0)} req/s, ${lost} events lost ` +
+        `(${((lost / Math.max(oneInterval, 1)) * FLUSH_INTERVAL_MS).toFixed(0)} ms of traffic; one ${FLUSH_INTERVAL_MS} ms flush interval = ${oneInterval.toFixed(1)} events)`,
+    );
+    expect(load.ok.size).toBeGreaterThan(50);
+    // The buffer holds what arrived since the last flush began, plus a flush not yet committed
+    // (a few ms at this rate) and the requests that finished in the same instant.
+    expect(lost).toBeLessThanOrEqual(Math.ceil(oneInterval * 1.5) + CONCURRENCY);
+  });
+});
+
+describe('metering of streams', () => {
+  let sim: Simulator;
+  let pool: pg.Pool;
+  let plane: DataPlane;
+  let writer: ReturnType<typeof createMeteringWriter>;
+  const key = apiKey('team/stream');
+
+  beforeAll(async () => {
+    await migrate(db.url);
+    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    sim = await startSimulator({
+      host: '127.0.0.1',
+      port: 0,
+      models: ['sim'],
+      prefillMsPerToken: 0,
+      decodeMsPerToken: 10,
+    });
+    writer = createMeteringWriter({ pool, logger: quietLogger, flushIntervalMs: 50 });
+    plane = await startPlane({ usageSink: writer });
+    plane.applySnapshot(
+      snapshot({
+        backends: [
+          backend('team/sim', [sim.url], { pricing: { perRequest: 0, perInputToken: 0, perOutputToken: 1 } }),
+        ],
+        tenants: [tenant('team/stream')],
+        keys: [key.key],
+      }),
+    );
+  });
+  afterAll(async () => {
+    await plane?.close({ drainMs: 0 });
+    await writer?.flushAndClose();
+    await sim?.close();
+    await pool?.end();
+  });
+
+  interface Row {
+    status: number;
+    output_tokens: number;
+    input_tokens: number;
+    tokens_estimated: boolean;
+    bytes_out: string;
+    credits: string;
+  }
+
+  /** The request's event, once the data plane has recorded it (a cut is seen a moment after the client leaves). */
+  async function eventOf(id: string): Promise<Row> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      await writer.flush();
+      const { rows } = await pool.query<Row>('SELECT * FROM usage_events WHERE request_id = $1', [id]);
+      if (rows.length > 0 || Date.now() > deadline) {
+        expect(rows).toHaveLength(1);
+        return rows[0]!;
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  async function stream(extra: Record<string, unknown>): Promise<{ id: string; text: string }> {
+    const id = randomUUID();
+    const res = await request(plane.url + '/v1/chat/completions', {
+      method: 'POST',
+      body: chat('sim', { stream: true, max_tokens: 12, ...extra }),
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${key.secret}`,
+        'x-request-id': id,
+      },
+    });
+    expect(res.statusCode).toBe(200);
+    return { id, text: await res.body.text() };
+  }
+
+  it('reads token usage from the final SSE chunk when the client asked for it', async () => {
+    const { id, text } = await stream({ stream_options: { include_usage: true } });
+    expect(text).toContain('"usage"');
+    const row = await eventOf(id);
+    expect(row).toMatchObject({ status: 200, output_tokens: 12, tokens_estimated: false });
+    expect(Number(row.credits)).toBe(12);
+  });
+
+  // The request path forwards the body untouched and does not add stream_options.include_usage, so
+  // a stream whose client did not ask carries no usage chunk and is metered by estimate. Flip to
+  // it() when dataplane/proxy asks for usage itself (issue 6, item 2).
+  it.fails('asks the backend for usage in the final chunk when the client did not', async () => {
+    const { id } = await stream({});
+    const row = await eventOf(id);
+    expect(row.tokens_estimated).toBe(false);
+  });
+
+  it('meters a stream cut by the client for what was delivered', async () => {
+    const id = randomUUID();
+    const res = await request(plane.url + '/v1/chat/completions', {
+      method: 'POST',
+      body: chat('sim', { stream: true, max_tokens: 400, stream_options: { include_usage: true } }),
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${key.secret}`,
+        'x-request-id': id,
+      },
+    });
+    let delivered = 0;
+    let bytes = 0;
+    for await (const chunk of res.body) {
+      bytes += (chunk as Buffer).length;
+      delivered += (chunk.toString().match(/^data: \{/gm) ?? []).length;
+      if (delivered >= 5) break; // leaving the loop destroys the body: the client hangs up
+    }
+    const row = await eventOf(id);
+    console.log(
+      `cut stream: ${delivered} token chunks (${bytes} bytes) received by the client; event status ${row.status}, ` +
+        `bytes_out ${row.bytes_out}, output_tokens ${row.output_tokens} (estimated ${row.tokens_estimated}), credits ${row.credits}`,
+    );
+    expect(row.status).toBe(499);
+    expect(Number(row.bytes_out)).toBeGreaterThanOrEqual(bytes);
+    expect(row.output_tokens).toBeGreaterThanOrEqual(delivered);
+    expect(row.output_tokens).toBeLessThanOrEqual(Math.ceil(Number(row.bytes_out) / 4));
+    expect(row.tokens_estimated).toBe(true);
+  });
+
+  // Credits are only charged for status < 400, and a cut stream is logged as 499: the tokens
+  // delivered before the cut are counted but not charged. Flip to it() when dataplane/proxy
+  // charges a cut stream for what it delivered.
+  it.fails('charges a cut stream for the tokens it delivered', async () => {
+    const id = randomUUID();
+    const res = await request(plane.url + '/v1/chat/completions', {
+      method: 'POST',
+      body: chat('sim', { stream: true, max_tokens: 400 }),
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${key.secret}`,
+        'x-request-id': id,
+      },
+    });
+    let delivered = 0;
+    for await (const chunk of res.body) {
+      delivered += (chunk.toString().match(/^data: \{/gm) ?? []).length;
+      if (delivered >= 5) break;
+    }
+    expect(Number((await eventOf(id)).credits)).toBeGreaterThan(0);
+  });
+});
