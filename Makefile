@@ -83,3 +83,26 @@ cluster-down: $(DEPS_STAMP) ## Stop the cluster of cluster-up and remove its run
 test: cluster-build
 
 .PHONY: cluster-build cluster-up cluster-down
+
+# ---- chart (charts/gpugate, test/chart, test/kind; docs/operations.md) ---------------------------------------
+# promtool and prometheus come from the Debian package `prometheus` (the chart tier's rule tests and the real
+# Prometheus that answers every dashboard query). Only the binaries are used: the package's own service is
+# never needed, and where systemd runs it is stopped so it cannot hold port 9090.
+chart-tools: ## Install promtool and prometheus (Debian package) when missing
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then systemctl disable --now prometheus; fi; }
+
+HELM := $(GPUGATE_CACHE)/helm/$(shell sed -n 's/^HELM_VERSION=//p' test/cluster/versions.env)/bin/helm
+
+chart-lint: cluster-build chart-tools ## helm lint the chart (defaults and every option) and promtool the rendered alerts
+	$(HELM) lint charts/gpugate --strict
+	$(HELM) lint charts/gpugate --strict -f test/chart/all-options.values.yaml
+	npx vitest run test/chart/alerts.test.ts
+
+kind-e2e: ## Kind cluster, image build and load, helm install, simulator GpuBackend, smoke test (needs Docker; not run on our machines)
+	bash test/kind/e2e.sh
+
+test: chart-tools
+
+.PHONY: chart-tools chart-lint kind-e2e

@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 // Test files of the tiers that need the Kubernetes control plane (test/cluster/harness.ts). They run in the
 // "cluster" project, whose global setup starts one cluster per `vitest run`, and only when one of them is
 // selected, so the other tiers never pay for it. A new cluster tier adds its glob here.
-const CLUSTER_TIERS = ['test/cluster/**/*.test.ts'];
+const CLUSTER_TIERS = ['test/cluster/**/*.test.ts', 'test/chart/**/*.test.ts'];
 const EXCLUDE = ['node_modules/**', 'test/bench/**'];
 
 export default defineConfig({
