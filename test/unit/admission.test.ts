@@ -168,12 +168,13 @@ describe('credential parsing (property)', () => {
       .setSubject('u')
       .setExpirationTime('5m')
       .sign(new TextEncoder().encode(HS_SECRET));
-    for (const h of [
+    const cases: Record<string, string>[] = [
       { authorization: `Bearer ${secret}` },
       { 'x-api-key': secret },
       { authorization: `BEARER  ${token}` },
       { 'x-api-key': token },
-    ]) {
+    ];
+    for (const h of cases) {
       expect((await admission.authenticate(req(h))).ok).toBe(true);
     }
   });
