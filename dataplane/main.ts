@@ -5,6 +5,7 @@
 //   --snapshot file.json: apply this snapshot at start
 //   --instance-id / GPUGATE_INSTANCE_ID: the gateway's name in Via (loop detection)
 //   --drain-ms / GPUGATE_DRAIN_MS (30000): how long SIGTERM waits for in-flight requests
+//   --operator-url / GPUGATE_OPERATOR_URL: ask the operator for the current snapshot at start (push token)
 //   --database-url / DATABASE_URL: migrate, then meter usage into this Postgres (flushed on SIGTERM
 //     after the drain) and serve GET /v1/usage and the admin usage routes; none: usage is not recorded
 import { readFileSync } from 'node:fs';
@@ -14,6 +15,7 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { migrate } from './metering/migrate.ts';
 import { createMeteringWriter } from './metering/writer.ts';
+import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
 
 const { values } = parseArgs({
@@ -26,6 +28,7 @@ const { values } = parseArgs({
     snapshot: { type: 'string' },
     'instance-id': { type: 'string' },
     'drain-ms': { type: 'string' },
+    'operator-url': { type: 'string' },
     'database-url': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -100,12 +103,26 @@ if (values.snapshot) {
   }
 }
 
+const operatorUrl = values['operator-url'] ?? env.GPUGATE_OPERATOR_URL;
+const bootstrapAbort = new AbortController();
+if (operatorUrl && token !== null) {
+  void bootstrapFromOperator({
+    operatorUrl,
+    token,
+    logger,
+    applySnapshot: plane.applySnapshot,
+    revision: plane.revision,
+    signal: bootstrapAbort.signal,
+  });
+}
+
 const drainMs = intOf('drain-ms', values['drain-ms'] ?? env.GPUGATE_DRAIN_MS, 30_000);
 let stopping = false;
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
     if (stopping) return;
     stopping = true;
+    bootstrapAbort.abort();
     logger.info({ signal, drainMs }, 'stopping: no new connections, draining in-flight requests');
     plane
       .close({ drainMs })
