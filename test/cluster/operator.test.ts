@@ -20,6 +20,7 @@ import {
 
 const TOKEN = 'operator-test-push-token';
 const MODEL = 'sim-llama-8b';
+const SIDECAR_IMAGE = 'gpugate/gpugate:test';
 
 interface Obj {
   metadata: {
@@ -68,7 +69,12 @@ kind: Tenant
 metadata: {name: acme}
 spec: {}
 `);
-    operator = await startOperatorProcess({ ns, kubeconfig, dataplaneUrls: [dataPlane.adminUrl] });
+    operator = await startOperatorProcess({
+      ns,
+      kubeconfig,
+      dataplaneUrls: [dataPlane.adminUrl],
+      extra: ['--sidecar-image', SIDECAR_IMAGE],
+    });
   });
 
   afterAll(async () => {
@@ -294,7 +300,12 @@ spec: {tenant: acme}
       'gpugate.io/backend=llama',
     ]);
     await operator.kill();
-    operator = await startOperatorProcess({ ns, kubeconfig, dataplaneUrls: [dataPlane.adminUrl] });
+    operator = await startOperatorProcess({
+      ns,
+      kubeconfig,
+      dataplaneUrls: [dataPlane.adminUrl],
+      extra: ['--sidecar-image', SIDECAR_IMAGE],
+    });
     await operator.waitFor('caches synced');
     await operator.waitFor('became leader', 15_000);
     await new Promise((r) => setTimeout(r, 2000));
@@ -313,6 +324,56 @@ spec: {tenant: acme}
     expect(rsAfter.items.map((r) => r.metadata.uid)).toEqual(rsBefore.items.map((r) => r.metadata.uid));
     expect(await secretValue(ns, 'bob-gpugate-key', 'key')).toBe(before);
     expect(operator.log()).not.toContain('generated key Secret');
+  });
+
+  it('dataplane: sidecar injects the data-plane container (push token mounted, admin port in the Service) and the sidecars become push targets', async () => {
+    await apply(`
+apiVersion: gpugate.io/v1alpha1
+kind: GpuBackend
+metadata: {name: side}
+spec:
+  deployment: {image: vllm/vllm-openai:v0.11.0, replicas: 1, gpusPerReplica: 1, dataplane: sidecar, port: 8000}
+`);
+    const dep = await waitUntil('Deployment side-gpugate', () =>
+      getJson<{
+        spec: {
+          template: {
+            spec: {
+              containers: { name: string; image: string; ports: { name: string }[] }[];
+              volumes: unknown[];
+            };
+          };
+        };
+      }>(['get', 'deployment', 'side-gpugate', '-n', ns]),
+    );
+    const containers = dep.spec.template.spec.containers;
+    expect(containers.map((c) => c.name)).toEqual(['model', 'gpugate']);
+    expect(containers[1]!.image).toBe(SIDECAR_IMAGE);
+    expect(containers[1]!.ports.map((p) => p.name)).toEqual(['gpugate', 'gpugate-admin']);
+    expect(dep.spec.template.spec.volumes).toEqual([
+      expect.objectContaining({ secret: expect.objectContaining({ secretName: 'push-token' }) }),
+    ]);
+    const svc = await getJson<{ spec: { ports: { name: string }[] } }>([
+      'get',
+      'service',
+      'side-gpugate',
+      '-n',
+      ns,
+    ]);
+    expect(svc.spec.ports.map((p) => p.name)).toEqual(['http', 'gpugate', 'gpugate-admin']);
+    // kwok pods run nothing, so the push to the sidecar's admin port fails; that it is tried shows the target.
+    await waitUntil('a push attempt to the sidecar', async () => {
+      const pod = await getJson<{ items: { status: { podIP?: string } }[] }>([
+        'get',
+        'pods',
+        '-n',
+        ns,
+        '-l',
+        'gpugate.io/backend=side',
+      ]);
+      const ip = pod.items[0]?.status.podIP;
+      return ip !== undefined && operator.log().includes(`"target":"http://${ip}:9090"`);
+    });
   });
 
   it('RBAC: the operator runs as its own service account, which cannot do what the operator does not need', async () => {
