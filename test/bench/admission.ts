@@ -1,0 +1,200 @@
+// Identity + admission benchmark. Not a test: numbers go to docs/benchmarks.md.
+//
+//   node --expose-gc test/bench/admission.ts [--seconds 4] [--rounds 3] [--connections 32] [--keys 100000]
+//
+// 1. Throughput with identity and admission on vs off, in one run against one data plane (its own
+//    process, so it has a core to itself): "off" is a public route (no credential, no limits);
+//    "on" is the same backend behind an API key whose key and tenant both have requests/min,
+//    tokens/min and concurrency limits (set high enough never to refuse), so every bucket runs.
+//    Rounds alternate off/on to spread drift; the ratio is on ÷ off of the summed throughput.
+// 2. With --keys keys loaded: heap growth of applying that snapshot (after GC, input dropped), and
+//    the cost of one authentication (checksum, SHA-256, lookup) with 10 keys vs that many keys.
+import { fork, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { parseArgs } from 'node:util';
+import type { IncomingMessage } from 'node:http';
+import { pino } from 'pino';
+import { Pool } from 'undici';
+import { Admission } from '../../dataplane/admission/admission.ts';
+import type { ApiKey, Snapshot } from '../../dataplane/config/snapshot.ts';
+import { createDataPlane } from '../../dataplane/server.ts';
+import { apiKey, backend, snapshot, tenant } from '../dataplane/harness.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '4' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '32' },
+    keys: { type: 'string', default: '100000' },
+    serve: { type: 'string' },
+  },
+});
+const quiet = pino({ level: 'silent' });
+const HIGH = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_000_000, concurrentRequests: 100_000 };
+
+function benchSnapshot(upstream: string, extraKeys: ApiKey[], key: ApiKey): Snapshot {
+  return snapshot({
+    backends: [
+      backend('ns/llm', [upstream], {
+        routes: [
+          { pathPrefix: '/v1', methods: [], public: false },
+          { pathPrefix: '/open', methods: [], public: true },
+        ],
+      }),
+    ],
+    tenants: [tenant('bench', { limits: HIGH })],
+    keys: [key, ...extraKeys],
+    settings: { clientLimits: { publicRequestsPerMinute: 0, authFailuresPerMinute: 0 } },
+  });
+}
+
+// Child: the data plane alone in its process.
+if (args.serve !== undefined) {
+  const { upstream, key } = JSON.parse(args.serve) as { upstream: string; key: ApiKey };
+  const plane = await createDataPlane({
+    logger: quiet,
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0, token: null },
+  });
+  const r = plane.applySnapshot(benchSnapshot(upstream, [], key));
+  if (!r.accepted) throw new Error('bench snapshot refused');
+  process.send?.({ url: plane.url });
+  process.on('message', () => void plane.close({ drainMs: 100 }).then(() => process.exit(0)));
+} else {
+  await main();
+}
+
+async function main(): Promise<void> {
+  const seconds = Number(args.seconds);
+  const rounds = Number(args.rounds);
+  const connections = Number(args.connections);
+  const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hello' }], max_tokens: 16 });
+  const answer = JSON.stringify({ id: 'x', choices: [], usage: { prompt_tokens: 5, completion_tokens: 16 } });
+  const upstream = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
+      res.end(answer);
+    });
+  });
+  upstream.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+  const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  const k = apiKey('bench', { limits: HIGH });
+
+  const child: ChildProcess = fork(
+    new URL(import.meta.url).pathname,
+    ['--serve', JSON.stringify({ upstream: upstreamUrl, key: k.key })],
+    {
+      stdio: 'inherit',
+    },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once('message', (m) => resolve((m as { url: string }).url));
+    child.once('exit', (code) => reject(new Error(`data plane exited ${code}`)));
+  });
+  const pool = new Pool(url, { connections, pipelining: 1 });
+
+  async function load(path: string, headers: Record<string, string>, ms: number): Promise<number> {
+    const end = performance.now() + ms;
+    let done = 0;
+    let failed = 0;
+    await Promise.all(
+      Array.from({ length: connections }, async () => {
+        while (performance.now() < end) {
+          const res = await pool.request({ path, method: 'POST', headers, body });
+          await res.body.dump();
+          if (res.statusCode === 200) done++;
+          else failed++;
+        }
+      }),
+    );
+    if (failed > 0) throw new Error(`${failed} requests failed on ${path}`);
+    return done / (ms / 1000);
+  }
+
+  const off = { path: '/open/chat/completions', headers: { 'content-type': 'application/json' } };
+  const on = {
+    path: '/v1/chat/completions',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${k.secret}` },
+  };
+  await load(off.path, off.headers, 1000); // warm-up both paths
+  await load(on.path, on.headers, 1000);
+  const offRates: number[] = [];
+  const onRates: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    offRates.push(await load(off.path, off.headers, seconds * 1000));
+    onRates.push(await load(on.path, on.headers, seconds * 1000));
+  }
+  const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+  console.log(`throughput off (public route): ${offRates.map((r) => r.toFixed(0)).join(', ')} req/s`);
+  console.log(`throughput on (key + limits):  ${onRates.map((r) => r.toFixed(0)).join(', ')} req/s`);
+  console.log(`ratio on/off: ${(sum(onRates) / sum(offRates)).toFixed(3)}`);
+  await pool.close();
+  child.send('stop');
+  await new Promise((r) => child.once('exit', r));
+  upstream.closeAllConnections();
+  upstream.close();
+
+  await keysAtScale(Number(args.keys));
+}
+
+function gcHeap(): number {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('run with node --expose-gc');
+  for (let i = 0; i < 3; i++) gc();
+  return process.memoryUsage().heapUsed;
+}
+
+/** The pushed form of an n-key snapshot: JSON text, as PUT /config receives it; garbage after use. */
+function pushedText(n: number, key: ApiKey): string {
+  const extra: ApiKey[] = [];
+  for (let i = 0; i < n; i++) extra.push(apiKey('bench', { limits: { requestsPerMinute: 60 } }).key);
+  return JSON.stringify(benchSnapshot('http://127.0.0.1:9', extra, key));
+}
+
+async function keysAtScale(n: number): Promise<void> {
+  const plane = await createDataPlane({
+    logger: quiet,
+    listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0, token: null },
+  });
+  const k = apiKey('bench', { limits: HIGH });
+  plane.applySnapshot(benchSnapshot('http://127.0.0.1:9', [], k.key));
+  const before = gcHeap();
+  const t0 = performance.now();
+  const r = plane.applySnapshot(JSON.parse(pushedText(n, k.key)));
+  const applyMs = performance.now() - t0;
+  if (!r.accepted) throw new Error('100k snapshot refused');
+  const after = gcHeap();
+  console.log(
+    `${n} keys: apply ${applyMs.toFixed(0)} ms, heap growth ${((after - before) / 2 ** 20).toFixed(1)} MiB (${((after - before) / n).toFixed(0)} B/key)`,
+  );
+  await plane.close({ drainMs: 100 });
+
+  // Authentication cost: the same key looked up among 10 and among n keys.
+  const req = (secret: string) =>
+    ({
+      headers: { authorization: `Bearer ${secret}` },
+      socket: { remoteAddress: '127.0.0.1' },
+    }) as unknown as IncomingMessage;
+  for (const size of [10, n]) {
+    const keys: ApiKey[] = [];
+    for (let i = 0; i < size - 1; i++) keys.push(apiKey('bench').key);
+    const compiled = new Admission({ logger: quiet }).compile(
+      benchSnapshot('http://127.0.0.1:9', keys, k.key),
+    );
+    const probe = req(k.secret);
+    const iterations = 300_000;
+    for (let i = 0; i < 50_000; i++) void compiled.authenticate(probe);
+    const t = performance.now();
+    for (let i = 0; i < iterations; i++) {
+      const who = compiled.authenticate(probe);
+      if (!('ok' in who) || !who.ok) throw new Error('bench key refused');
+    }
+    console.log(
+      `authenticate with ${size} keys: ${(((performance.now() - t) * 1e6) / iterations).toFixed(0)} ns/op`,
+    );
+  }
+}
