@@ -1,6 +1,7 @@
-// Writes the snapshot the proxy benchmark runs gpugate with: one backend (the shared upstream),
-// one tenant, one API key, every request-path feature on (identity, model peek, metrics, usage
-// events, backend header). Usage: tsx test/bench/bench-snapshot.ts <upstream-url> <out.json> <key-file>
+// The snapshot the benchmarks run gpugate with: one backend (the shared upstream), one tenant, one
+// API key, every request-path feature on: identity, model peek, two routes (longest prefix with a
+// route cost), LeastRequest with an in-flight limit and wait queue, active health checks, retries,
+// timeouts, pricing (credits in every usage event), the backend header. Usage: tsx test/bench/bench-snapshot.ts <upstream-url> <out.json> <key-file>
 import { writeFileSync } from 'node:fs';
 import { apiKey, backend, snapshot, tenant } from '../dataplane/harness.ts';
 
@@ -15,12 +16,26 @@ export function benchSnapshot(
         models: ['bench-model'],
         balancing: {
           policy,
-          maxInflightPerEndpoint: 0,
-          maxQueue: 0,
-          queueTimeoutMs: 1000,
+          maxInflightPerEndpoint: 512,
+          maxQueue: 1024,
+          queueTimeoutMs: 5000,
           metricsPath: '/metrics',
         },
-        routes: [{ pathPrefix: '/v1', methods: [], public: false }],
+        routes: [
+          { pathPrefix: '/v1', methods: [], public: false },
+          { pathPrefix: '/v1/chat/completions', methods: ['POST'], public: false, cost: 0.5 },
+        ],
+        healthCheck: {
+          path: '/health',
+          intervalMs: 1000,
+          timeoutMs: 500,
+          healthyThreshold: 1,
+          unhealthyThreshold: 3,
+        },
+        retries: { attempts: 2, retryOnStatus: [503] },
+        timeouts: { connectMs: 2000, firstByteMs: 30_000, totalMs: 300_000 },
+        pricing: { perRequest: 0.1, perInputToken: 0.001, perOutputToken: 0.002 },
+        maxRequestBytes: 4 * 1024 * 1024 * 1024,
       }),
     ],
     tenants: [tenant('bench')],

@@ -1,0 +1,52 @@
+// Starts gpugate (test/bench/gpugate-runner.ts) as its own process for a benchmark, so its CPU and
+// memory are its own.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export interface GatewayProcess {
+  url: string;
+  key: string;
+  pid: number;
+  /** Resident set now and its peak so far (VmRSS, VmHWM), in bytes. */
+  memory(): { rss: number; peak: number };
+  stop(): Promise<void>;
+}
+
+export async function startGateway(upstreamUrl: string): Promise<GatewayProcess> {
+  const root = resolve(import.meta.dirname, '..', '..');
+  const dir = mkdtempSync(join(tmpdir(), 'gpugate-gw-'));
+  const keyFile = join(dir, 'key');
+  const child = spawn(process.execPath, ['test/bench/gpugate-runner.ts', '0', upstreamUrl, keyFile], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((res, rej) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /ready (\S+)/.exec(out);
+      if (m) res(m[1] as string);
+    });
+    child.once('exit', (code) => rej(new Error(`gateway exited with ${code}`)));
+  });
+  const pid = child.pid as number;
+  return {
+    url,
+    key: readFileSync(keyFile, 'utf8'),
+    pid,
+    memory() {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const kb = (name: string) =>
+        Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
+      return { rss: kb('VmRSS'), peak: kb('VmHWM') };
+    },
+    async stop() {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

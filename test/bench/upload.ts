@@ -1,0 +1,82 @@
+// Upload benchmark (not a test): a 100 MiB body generated on the fly (never held in memory) sent to
+// a byte-counting upstream directly and through gpugate (own process, every feature on). Prints
+// throughput for both and the data plane's resident-memory growth (peak VmHWM minus RSS before).
+//
+//   node test/bench/upload.ts [--mib 100] [--rounds 3]
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { request } from 'undici';
+import { startGateway } from './gateway-process.ts';
+
+const { values } = parseArgs({
+  options: { mib: { type: 'string', default: '100' }, rounds: { type: 'string', default: '3' } },
+});
+const BYTES = Number(values.mib) * 1024 * 1024;
+const ROUNDS = Number(values.rounds);
+
+const upstream = createServer((req, res) => {
+  let n = 0;
+  req.on('data', (c: Buffer) => (n += c.length));
+  req.on('end', () => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ received: n }));
+  });
+});
+await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+const gw = await startGateway(upstreamUrl);
+
+function body(): Readable {
+  const chunk = Buffer.alloc(64 * 1024, 0x5a);
+  let sent = 0;
+  return new Readable({
+    read() {
+      if (sent >= BYTES) return this.push(null);
+      sent += chunk.length;
+      this.push(chunk);
+    },
+  });
+}
+
+async function upload(base: string): Promise<number> {
+  const start = performance.now();
+  const r = await request(base + '/v1/uploads', {
+    method: 'POST',
+    body: body(),
+    headers: {
+      'content-type': 'application/octet-stream',
+      'content-length': String(BYTES),
+      'x-gpugate-model': 'bench-model',
+      authorization: `Bearer ${gw.key}`,
+    },
+  });
+  const answer = (await r.body.json()) as { received: number };
+  if (r.statusCode !== 200 || answer.received !== BYTES)
+    throw new Error(`upload failed: ${r.statusCode} ${JSON.stringify(answer)}`);
+  return (performance.now() - start) / 1000;
+}
+
+try {
+  const before = gw.memory();
+  const direct: number[] = [];
+  const through: number[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    direct.push(await upload(upstreamUrl));
+    through.push(await upload(gw.url));
+  }
+  const after = gw.memory();
+  const mibps = (s: number) => BYTES / 1024 / 1024 / s;
+  const best = (xs: number[]) => Math.min(...xs);
+  process.stdout.write(`${values.mib} MiB upload x ${ROUNDS} rounds (best of each)\n\n`);
+  process.stdout.write('| path | seconds | MiB/s |\n|---|---|---|\n');
+  process.stdout.write(`| direct | ${best(direct).toFixed(3)} | ${mibps(best(direct)).toFixed(0)} |\n`);
+  process.stdout.write(`| gpugate | ${best(through).toFixed(3)} | ${mibps(best(through)).toFixed(0)} |\n`);
+  process.stdout.write(
+    `\ngpugate RSS before ${(before.rss / 2 ** 20).toFixed(1)} MiB, peak during uploads ${(after.peak / 2 ** 20).toFixed(1)} MiB: growth ${((after.peak - before.rss) / 2 ** 20).toFixed(1)} MiB\n`,
+  );
+} finally {
+  await gw.stop();
+  upstream.close();
+}
