@@ -106,3 +106,20 @@ kind-e2e: ## Kind cluster, image build and load, helm install, simulator GpuBack
 test: chart-tools
 
 .PHONY: chart-tools chart-lint kind-e2e
+
+# ---- benchmarks (test/bench; docs/benchmarks.md) --------------------------------------------------------------
+# Not tests: each prints ratios against baselines measured in the same run. ARGS passes flags through.
+bench-tools: ## Install wrk, nginx and haproxy (Debian packages) when missing
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx-light haproxy; }
+
+bench-proxy: $(DEPS_STAMP) bench-tools ## Proxy overhead: gpugate (all features) vs direct, nginx, haproxy, reference proxies
+	node test/bench/proxy-overhead.ts $(ARGS)
+
+bench-streaming: $(DEPS_STAMP) ## SSE: added time to first token and per-chunk latency, gpugate vs direct
+	node test/bench/streaming.ts $(ARGS)
+
+bench-upload: $(DEPS_STAMP) ## 100 MiB upload through gpugate vs direct, and the data plane's RSS growth
+	node test/bench/upload.ts $(ARGS)
+
+.PHONY: bench-tools bench-proxy bench-streaming bench-upload
