@@ -3,7 +3,6 @@
 // Both read dataplane/usage/queries.ts, like the CLI and the Tenant status.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Runtime } from '../routing/runtime.ts';
-import { identify } from '../auth/identify.ts';
 import { tokenMatches } from '../admin/admin.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import {
@@ -93,7 +92,8 @@ export function usageRoutes(deps: UsageApiDeps) {
         );
       }
       const at = now();
-      const who = identify(request.headers, rt.keys, at);
+      // The request path's own authentication: API keys (with their CIDRs), JWTs, per-address limits.
+      const who = await rt.admission.authenticate(request.raw);
       if (!who.ok) return sendError(reply, request, deps.version, who.error);
       if (!deps.db) return sendError(reply, request, deps.version, unavailable());
       const { tenant, key } = who.principal;
