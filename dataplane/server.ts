@@ -116,7 +116,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const admission = new Admission({
     logger,
     quota: opts.quota ?? null,
-    metering: sink && 'canAdmit' in sink && typeof sink.canAdmit === 'function' ? (sink as MeteringGate) : null,
+    metering:
+      sink && 'canAdmit' in sink && typeof sink.canAdmit === 'function' ? (sink as MeteringGate) : null,
     jwks: opts.jwks,
   });
   let current: Runtime | null = null;
@@ -204,7 +205,10 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     usageRoutes({ db: opts.usageDb ?? null, current: () => current, version: GPUGATE_VERSION }),
   );
   // CORS before routing: preflights are answered here and never reach identity or a backend.
-  proxy.addHook('onRequest', corsHook(() => current?.admission.cors ?? null, GPUGATE_VERSION));
+  proxy.addHook(
+    'onRequest',
+    corsHook(() => current?.admission.cors ?? null, GPUGATE_VERSION),
+  );
   await proxy.register(
     proxyPlugin({
       current: () => current,
