@@ -80,7 +80,7 @@ describe('standalone mode (make run)', () => {
     expect(json.usage.completion_tokens).toBeGreaterThan(0);
   });
 
-  it('streams: SSE chunks reach the client one read at a time, before [DONE]', async () => {
+  it('streams: SSE chunks reach the client before the stream ends', async () => {
     const res = await request(`${gateway}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
@@ -88,17 +88,19 @@ describe('standalone mode (make run)', () => {
         model: 'sim-llama-8b',
         stream: true,
         messages: [{ role: 'user', content: 'hi' }],
-        max_tokens: 6,
+        max_tokens: 24,
       }),
     });
     expect(res.headers['content-type']).toContain('text/event-stream');
     const reads: string[] = [];
     for await (const chunk of res.body) reads.push((chunk as Buffer).toString());
-    // The simulator emits one token per decode step (25 ms apart here); a buffering proxy would hand
-    // the whole stream over in one read.
-    expect(reads.length).toBeGreaterThanOrEqual(4);
-    expect(reads.at(-1)).toContain('data: [DONE]');
+    // The simulator emits one token per 25 ms decode step, 24 of them; a buffering proxy would hand
+    // the whole stream over in one read. (How many reads a loaded machine coalesces varies, so the
+    // test asks only that the first read came before the end.)
+    expect(reads.length).toBeGreaterThanOrEqual(2);
+    expect(reads[0]).toContain('data: {');
     expect(reads[0]).not.toContain('[DONE]');
+    expect(reads.join('')).toContain('data: [DONE]');
   });
 
   it('refuses a wrong key with a JSON 401 that does not echo it', async () => {
