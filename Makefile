@@ -19,7 +19,7 @@ export PATH := $(dir $(NODE)):$(CURDIR)/node_modules/.bin:$(PATH)
 DEPS_STAMP := node_modules/.gpugate-deps
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(NODE):
 	@echo "node: system node is v$(SYSTEM_NODE_MAJOR); installing Node $(NODE_VERSION) into $(GPUGATE_CACHE)"
