@@ -6,13 +6,13 @@ import { writeFileSync } from 'node:fs';
 import { apiKey, backend, snapshot, tenant } from '../dataplane/harness.ts';
 
 export function benchSnapshot(
-  upstreamUrl: string,
+  upstreamUrls: string | readonly string[],
   policy: 'RoundRobin' | 'LeastRequest' | 'QueueAware' = 'LeastRequest',
 ) {
   const key = apiKey('bench');
   const snap = snapshot({
     backends: [
-      backend('bench/llm', [upstreamUrl], {
+      backend('bench/llm', typeof upstreamUrls === 'string' ? [upstreamUrls] : [...upstreamUrls], {
         models: ['bench-model'],
         balancing: {
           policy,

@@ -14,14 +14,28 @@ export interface GatewayProcess {
   stop(): Promise<void>;
 }
 
-export async function startGateway(upstreamUrl: string): Promise<GatewayProcess> {
+export async function startGateway(
+  upstreamUrls: string | readonly string[],
+  opts: { policy?: 'RoundRobin' | 'LeastRequest' | 'QueueAware'; scrapeMs?: number } = {},
+): Promise<GatewayProcess> {
   const root = resolve(import.meta.dirname, '..', '..');
   const dir = mkdtempSync(join(tmpdir(), 'gpugate-gw-'));
   const keyFile = join(dir, 'key');
-  const child = spawn(process.execPath, ['test/bench/gpugate-runner.ts', '0', upstreamUrl, keyFile], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      'test/bench/gpugate-runner.ts',
+      '0',
+      typeof upstreamUrls === 'string' ? upstreamUrls : upstreamUrls.join(','),
+      keyFile,
+      opts.policy ?? 'LeastRequest',
+      String(opts.scrapeMs ?? 1000),
+    ],
+    {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const url = await new Promise<string>((res, rej) => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
