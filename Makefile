@@ -122,4 +122,7 @@ bench-streaming: $(DEPS_STAMP) ## SSE: added time to first token and per-chunk l
 bench-upload: $(DEPS_STAMP) ## 100 MiB upload through gpugate vs direct, and the data plane's RSS growth
 	node test/bench/upload.ts $(ARGS)
 
-.PHONY: bench-tools bench-proxy bench-streaming bench-upload
+bench-routing: $(DEPS_STAMP) ## Balancing policies on a heterogeneous simulator fleet: TTFT p50/p90 and throughput
+	node test/bench/routing-quality.ts $(ARGS)
+
+.PHONY: bench-tools bench-proxy bench-streaming bench-upload bench-routing
