@@ -59,6 +59,8 @@ export interface DataPlaneOptions {
   panicThresholdPercent?: number;
   /** How often QueueAware backends' model-server metrics are scraped. */
   scrapeIntervalMs?: number;
+  /** Small JSON bodies (read by the gateway to find the model) must arrive within this; 408 after. Default 30 s. */
+  bodyReadTimeoutMs?: number;
 }
 
 export interface DataPlane {
@@ -220,6 +222,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       taskStore: opts.taskStore ?? new MemoryTaskStore(),
       outlier,
       panicThresholdPercent: opts.panicThresholdPercent ?? 0,
+      bodyReadTimeoutMs: opts.bodyReadTimeoutMs ?? 30_000,
     }),
   );
 

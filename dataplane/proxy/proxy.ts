@@ -37,6 +37,8 @@ export interface ProxyDeps {
   outlier: OutlierOptions;
   /** Below this percentage of healthy endpoints, health is ignored (Envoy's panic mode). */
   panicThresholdPercent: number;
+  /** A small JSON body the gateway reads itself must arrive within this time (else 408). */
+  bodyReadTimeoutMs: number;
 }
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
@@ -51,16 +53,32 @@ function isJson(contentType: string | undefined): boolean {
   );
 }
 
-/** Reads a body whose length the client declared (Node enforces it). Null when the client went away. */
-function readDeclaredBody(req: IncomingMessage, length: number): Promise<Buffer | null> {
+/**
+ * Reads a body whose length the client declared (Node enforces it), within timeoutMs. Null when the
+ * client went away, 'timeout' when it did not finish sending in time.
+ */
+function readDeclaredBody(
+  req: IncomingMessage,
+  length: number,
+  timeoutMs: number,
+): Promise<Buffer | null | 'timeout'> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      req.removeAllListeners('data');
+      resolve('timeout');
+    }, timeoutMs);
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.once('end', () =>
-      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length)),
-    );
-    req.once('error', () => resolve(null));
-    req.once('aborted', () => resolve(null));
+    req.once('end', () => {
+      clearTimeout(timer);
+      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length));
+    });
+    const gone = () => {
+      clearTimeout(timer);
+      resolve(null);
+    };
+    req.once('error', gone);
+    req.once('aborted', gone);
   });
 }
 
@@ -841,8 +859,21 @@ class Proxy {
       contentLength <= rt.settings.maxJsonPeekBytes &&
       isJson(headers['content-type'])
     ) {
-      buffered = await readDeclaredBody(req, contentLength);
-      if (buffered === null) return; // the client went away mid-body
+      const read = await readDeclaredBody(req, contentLength, this.deps.bodyReadTimeoutMs);
+      if (read === null) return; // the client went away mid-body
+      if (read === 'timeout') {
+        return this.writeError(
+          ex,
+          gatewayError(
+            408,
+            'invalid_request_error',
+            'request_timeout',
+            `the request body (${contentLength} bytes declared) did not arrive within ${this.deps.bodyReadTimeoutMs} ms`,
+          ),
+          true,
+        );
+      }
+      buffered = read;
       model = peekModel(buffered) ?? model;
     }
     ex.model = model;

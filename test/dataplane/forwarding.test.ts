@@ -1,5 +1,6 @@
 // Forwarding over real sockets: headers both ways, SSE chunk by chunk, client aborts, big uploads.
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { connect } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
@@ -259,5 +260,36 @@ describe('forwarding', () => {
     );
     expect(outcome).not.toBe(200);
     expect(echo.requests.every((r) => r.bodyBytes <= 2048)).toBe(true);
+  });
+});
+
+describe('slow request bodies', () => {
+  it('answers 408 when a small JSON body does not arrive in time, and forwards nothing', async () => {
+    const up = await startUpstream('never');
+    const key = apiKey('acme');
+    const plane = await startPlane({ bodyReadTimeoutMs: 100 });
+    try {
+      plane.applySnapshot(
+        snapshot({ backends: [backend('ns/b', [up.url])], tenants: [tenant('acme')], keys: [key.key] }),
+      );
+      const { port } = new URL(plane.url);
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          socket.write(
+            `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nAuthorization: Bearer ${key.secret}\r\n\r\n{"model":`,
+          );
+        });
+        let text = '';
+        socket.on('data', (d: Buffer) => (text += d.toString()));
+        socket.on('close', () => resolve(text));
+        socket.on('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toContain('"code":"request_timeout"');
+      expect(up.requests).toHaveLength(0);
+    } finally {
+      await plane.close({ drainMs: 200 });
+      await up.close();
+    }
   });
 });
