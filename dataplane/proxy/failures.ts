@@ -45,8 +45,9 @@ export function classifyFailure(err: unknown, abortReason: unknown, backendId: s
       kind: 'connect',
       reached: false,
       endpointFault: true,
+      // 503, not 502: nothing reached a backend (no invalid answer was received), so the client may retry.
       error: gatewayError(
-        502,
+        503,
         'upstream_error',
         'upstream_unavailable',
         `could not connect to backend ${backendId} (${code})`,
@@ -59,7 +60,7 @@ export function classifyFailure(err: unknown, abortReason: unknown, backendId: s
       reached: false,
       endpointFault: true,
       error: gatewayError(
-        502,
+        503,
         'upstream_error',
         'upstream_connect_timeout',
         `connecting to backend ${backendId} timed out`,

@@ -106,7 +106,7 @@ describe('retries', () => {
     // maxJsonPeekBytes 0: no body is buffered, so none can be replayed.
     const plane = await planeWith(backend('ns/stream', [await deadUrl(), live.url]), { maxJsonPeekBytes: 0 });
     const first = await send(plane, chat('m'));
-    expect(first).toEqual({ status: 502, code: 'upstream_unavailable' });
+    expect(first).toEqual({ status: 503, code: 'upstream_unavailable' });
     expect(live.requests).toHaveLength(0);
   });
 
