@@ -31,7 +31,8 @@ export interface FleetOptions {
   plane?: Partial<DataPlaneOptions>;
 }
 
-const SIM = { host: '127.0.0.1', models: ['sim'], prefillMsPerToken: 0, decodeMsPerToken: 1 } as const;
+const sim = (port: number) =>
+  startSimulator({ host: '127.0.0.1', port, models: ['sim'], prefillMsPerToken: 0, decodeMsPerToken: 1 });
 
 export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   await migrate(opts.databaseUrl);
@@ -39,7 +40,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   pool.on('error', () => undefined);
   const writer = createMeteringWriter({ pool, logger: quietLogger, flushIntervalMs: 50 });
   const sims: Simulator[] = [];
-  for (let i = 0; i < opts.endpoints; i++) sims.push(await startSimulator({ ...SIM, port: 0 }));
+  for (let i = 0; i < opts.endpoints; i++) sims.push(await sim(0));
   const allSims = [...sims];
   const plane = await startPlane({ usageSink: writer, ...opts.plane });
   const tenants = opts.tenants ?? [{ id: 'team/a' }];
@@ -70,7 +71,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
       await sims[i]!.close();
     },
     restart: async (i) => {
-      sims[i] = await startSimulator({ ...SIM, port: ports[i]! });
+      sims[i] = await sim(ports[i]!);
       allSims.push(sims[i]);
     },
     close: async () => {

@@ -64,7 +64,7 @@ export function steadyLoad(opts: LoadOptions): Load {
       sent++;
       const id = randomUUID();
       const startedAt = Date.now();
-      let status = 0;
+      let status: number;
       try {
         const res = await request(opts.url + '/v1/chat/completions', {
           method: 'POST',
