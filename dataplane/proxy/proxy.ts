@@ -24,7 +24,7 @@ import type { EndpointState } from '../upstream/endpoint.ts';
 import { recordOutcome, type OutlierOptions } from '../upstream/health.ts';
 import { CLIENT_ABORT, classifyFailure, TOTAL_TIMEOUT } from './failures.ts';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.ts';
-import { UsageTap } from './usage-tap.ts';
+import { askForStreamUsage, UsageChunkFilter, UsageTap } from './usage-tap.ts';
 
 export interface ProxyDeps {
   current(): Runtime | null;
@@ -208,6 +208,9 @@ class Exchange {
   headersSent = false;
   /** Submit responses are held whole until the task id is recorded. */
   held: Buffer[] | null = null;
+  /** The gateway asked the backend for stream usage the client did not ask for: keep that chunk from it. */
+  stripUsage = false;
+  sseFilter: UsageChunkFilter | null = null;
   heldBytes = 0;
   heldStatus = 0;
   heldHeaders: Record<string, string | string[] | undefined> = {};
@@ -306,6 +309,14 @@ class Exchange {
       typeof contentType === 'string' ? contentType : undefined,
       cb.backend.protocol === 'openai',
     );
+    if (
+      this.stripUsage &&
+      typeof contentType === 'string' &&
+      contentType.includes('text/event-stream') &&
+      headers['content-length'] === undefined
+    ) {
+      this.sseFilter = new UsageChunkFilter();
+    }
     const asyncTasks = cb.backend.asyncTasks;
     if (
       asyncTasks &&
@@ -339,7 +350,12 @@ class Exchange {
       this.held.push(chunk);
       return;
     }
-    if (!this.res.write(chunk) && !this.#waitingDrain) {
+    let out: Buffer | string = chunk;
+    if (this.sseFilter) {
+      out = this.sseFilter.push(chunk);
+      if (out.length === 0) return;
+    }
+    if (!this.res.write(out) && !this.#waitingDrain) {
       // The client reads slower than the upstream sends: stop reading the upstream until it drains.
       this.#waitingDrain = true;
       controller.pause();
@@ -357,7 +373,9 @@ class Exchange {
       void this.finishSubmit();
       return;
     }
-    this.res.end();
+    const rest = this.sseFilter?.flush();
+    if (rest) this.res.end(rest);
+    else this.res.end();
   }
 
   onUpstreamError(attempt: Attempt, err: Error): void {
@@ -928,6 +946,14 @@ class Proxy {
         ex.body = req;
       }
     }
+    if (buffered && backend.protocol === 'openai') {
+      // Exact token counts for streams: ask for the final usage chunk (kept from the client).
+      const rewritten = askForStreamUsage(buffered);
+      if (rewritten) {
+        ex.body = rewritten;
+        ex.stripUsage = true;
+      }
+    }
     ex.replayable = ex.body === null || buffered !== null;
     ex.attemptsLeft = 1 + (ex.replayable && ex.pinned === null ? backend.retries.attempts : 0);
 
@@ -946,6 +972,7 @@ class Proxy {
       },
       upstreamAuth: backend.upstreamAuth,
     });
+    if (ex.stripUsage) ex.upstreamHeaders['content-length'] = String((ex.body as Buffer).length);
     await ex.next();
   }
 

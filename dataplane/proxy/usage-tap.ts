@@ -2,6 +2,8 @@
 // them and to read the OpenAI `usage` object: from a JSON body, or from the last SSE event that
 // carries one (the final chunk with stream_options.include_usage).
 
+import { StringDecoder } from 'node:string_decoder';
+
 export interface TokenUsage {
   inputTokens: number;
   outputTokens: number;
@@ -93,5 +95,89 @@ export function sseUsage(text: string): TokenUsage | null {
     }
     end = lineStart - 1;
     if (end < 0) return null;
+  }
+}
+
+const STREAM_KEY = Buffer.from('"stream"');
+
+/**
+ * For an OpenAI streaming request that did not ask for usage, the same body with
+ * `stream_options.include_usage: true`, so the backend reports exact token counts in a final chunk
+ * (which UsageChunkFilter then keeps from the client). Null when nothing needs changing.
+ */
+export function askForStreamUsage(body: Buffer): Buffer | null {
+  if (!body.includes(STREAM_KEY)) return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch {
+    return null;
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return null;
+  const request = parsed as { stream?: unknown; stream_options?: unknown };
+  if (request.stream !== true) return null;
+  const options = request.stream_options;
+  if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options)))
+    return null;
+  if ((options as { include_usage?: unknown } | undefined)?.include_usage !== undefined) return null;
+  request.stream_options = { ...(options as object | undefined), include_usage: true };
+  return Buffer.from(JSON.stringify(request));
+}
+
+const MAX_PENDING_EVENT = 1 << 20;
+
+/**
+ * Removes the usage-only final chunk (`"choices": []` with a usage object) from an SSE stream whose
+ * client did not ask for it. Complete events pass at once; only an event split across chunks waits
+ * for its end, which a client could not have used earlier anyway.
+ */
+export class UsageChunkFilter {
+  readonly #decoder = new StringDecoder('utf8');
+  #pending = '';
+
+  push(chunk: Buffer): string {
+    const text = this.#pending + this.#decoder.write(chunk);
+    let out = '';
+    let start = 0;
+    for (;;) {
+      const end = text.indexOf('\n\n', start);
+      if (end < 0) break;
+      const event = text.slice(start, end + 2);
+      if (!isUsageOnlyEvent(event)) out += event;
+      start = end + 2;
+    }
+    this.#pending = text.slice(start);
+    if (this.#pending.length > MAX_PENDING_EVENT) {
+      // Not SSE as we know it: stop filtering rather than hold bytes back.
+      out += this.#pending;
+      this.#pending = '';
+    }
+    return out;
+  }
+
+  flush(): string {
+    const rest = this.#pending + this.#decoder.end();
+    this.#pending = '';
+    return rest;
+  }
+}
+
+function isUsageOnlyEvent(event: string): boolean {
+  if (!event.includes('"usage"') || !event.includes('"choices"')) return false;
+  const data = event
+    .split('\n')
+    .filter((l) => l.startsWith('data:'))
+    .map((l) => l.slice(5).trim())
+    .join('\n');
+  try {
+    const chunk = JSON.parse(data) as { choices?: unknown; usage?: unknown };
+    return (
+      Array.isArray(chunk.choices) &&
+      chunk.choices.length === 0 &&
+      chunk.usage !== null &&
+      typeof chunk.usage === 'object'
+    );
+  } catch {
+    return false;
   }
 }

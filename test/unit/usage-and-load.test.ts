@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { sseUsage, UsageTap } from '../../dataplane/proxy/usage-tap.ts';
+import { askForStreamUsage, sseUsage, UsageChunkFilter, UsageTap } from '../../dataplane/proxy/usage-tap.ts';
 import { parseServerLoad, recordOutcome } from '../../dataplane/upstream/health.ts';
 import type { EndpointState } from '../../dataplane/upstream/endpoint.ts';
 
@@ -79,5 +79,45 @@ describe('passive outlier ejection', () => {
     expect(ejected).toEqual([1000, 2000, 4000, 4000]);
     recordOutcome(e, false, 20_000, opts, on);
     expect(e.ejections).toBe(0);
+  });
+});
+
+describe('asking for stream usage on the client’s behalf', () => {
+  it('adds include_usage only to streaming requests that did not decide it themselves', () => {
+    const rewrite = (o: unknown) => {
+      const r = askForStreamUsage(Buffer.from(JSON.stringify(o)));
+      return r === null ? null : (JSON.parse(r.toString()) as Record<string, unknown>);
+    };
+    expect(rewrite({ model: 'm', stream: true })).toEqual({
+      model: 'm',
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    expect(
+      rewrite({ stream: true, stream_options: { continuous_usage_stats: false } })?.stream_options,
+    ).toEqual({ continuous_usage_stats: false, include_usage: true });
+    expect(rewrite({ stream: true, stream_options: { include_usage: false } })).toBeNull();
+    expect(rewrite({ stream: true, stream_options: { include_usage: true } })).toBeNull();
+    expect(rewrite({ stream: false })).toBeNull();
+    expect(rewrite({ model: 'm' })).toBeNull();
+    expect(askForStreamUsage(Buffer.from('{"stream": tru'))).toBeNull();
+  });
+
+  it('keeps the usage-only final chunk from the client, however the stream is split', () => {
+    const events = [
+      'data: {"choices":[{"delta":{"content":"héllo"}}],"usage":null}\n\n',
+      'data: {"choices":[{"delta":{"content":"wörld"}}],"usage":null}\n\n',
+      'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n',
+      'data: [DONE]\n\n',
+    ];
+    const whole = Buffer.from(events.join(''));
+    const expected = events[0]! + events[1]! + events[3]!;
+    for (const size of [1, 2, 3, 7, 64, whole.length]) {
+      const filter = new UsageChunkFilter();
+      let out = '';
+      for (let i = 0; i < whole.length; i += size) out += filter.push(whole.subarray(i, i + size));
+      out += filter.flush();
+      expect(out).toBe(expected);
+    }
   });
 });
