@@ -60,6 +60,10 @@ export interface Usage {
 
 /** Proof of admission; end it exactly once (further calls do nothing). */
 export interface Admitted {
+  /** X-RateLimit-* for the response; null when the principal has no rate limit. */
+  readonly headers: Readonly<Record<string, string>> | null;
+  /** True when end() needs the request's usage (tokens/min correction, quota settlement). */
+  readonly wantsUsage: boolean;
   end(usage: Usage | null): void;
 }
 
@@ -75,7 +79,7 @@ export interface AdmitRequest {
   bodyBytes: number;
 }
 
-const NOTHING_TO_END: Admitted = { end: () => undefined };
+const NOTHING_TO_END: Admitted = { headers: null, wantsUsage: false, end: () => undefined };
 
 /** Rough prompt size when the backend has not told us yet: ~4 bytes per token, as in metering. */
 function inputTokensOf(bodyBytes: number): number {
@@ -109,6 +113,8 @@ interface Subject {
 }
 
 class Ticket implements Admitted {
+  readonly headers: Readonly<Record<string, string>> | null;
+  readonly wantsUsage: boolean;
   readonly #subjects: readonly Subject[];
   readonly #tokens: number;
   readonly #quota: QuotaManager | null;
@@ -120,7 +126,10 @@ class Ticket implements Admitted {
     tokens: number,
     quota: QuotaManager | null,
     ticket: QuotaTicket | null,
+    headers: Record<string, string> | null,
   ) {
+    this.headers = headers;
+    this.wantsUsage = ticket !== null || subjects.some((s) => s.state.tokens !== null);
     this.#subjects = subjects;
     this.#tokens = tokens;
     this.#quota = quota;
@@ -312,7 +321,7 @@ export class CompiledAdmission {
       state.tokens?.take(tokens, now);
       state.inflight++;
     }
-    if (subjects.length > 0) this.#stamp(a.res, subjects, now);
+    const headers = subjects.length > 0 ? this.#rateLimitHeaders(subjects, now) : null;
 
     if (shared.opts.metering && !shared.opts.metering.canAdmit(tenant.failOpen)) {
       this.#undo(subjects, tokens);
@@ -327,12 +336,12 @@ export class CompiledAdmission {
     const quota = shared.quota;
     if (quota === null || (tenant.quota === null && (key === null || key.quota === null))) {
       if (subjects.length === 0) return NOTHING_TO_END;
-      return this.#guarded(new Ticket(subjects, tokens, null, null), a.res);
+      return this.#guarded(new Ticket(subjects, tokens, null, null, headers), a.res);
     }
     const p = a.backend.pricing;
     const estimate =
       p.perRequest + (a.route.cost ?? 0) + inputTokens * p.perInputToken + maxTokens * p.perOutputToken;
-    return this.#admitQuota(quota, a, subjects, tokens, estimate);
+    return this.#admitQuota(quota, a, subjects, tokens, estimate, headers);
   }
 
   async #admitQuota(
@@ -341,6 +350,7 @@ export class CompiledAdmission {
     subjects: Subject[],
     tokens: number,
     estimate: number,
+    headers: Record<string, string> | null,
   ): Promise<Admitted | GatewayError | null> {
     const { tenant, key } = a.principal as Principal;
     await this.#quotaReady;
@@ -368,7 +378,7 @@ export class CompiledAdmission {
         end ? { 'retry-after': String(seconds(end.getTime() - Date.now())) } : undefined,
       );
     }
-    return this.#guarded(new Ticket(subjects, tokens, quota, d.ticket), a.res);
+    return this.#guarded(new Ticket(subjects, tokens, quota, d.ticket, headers), a.res);
   }
 
   /**
@@ -427,7 +437,7 @@ export class CompiledAdmission {
   }
 
   /** X-RateLimit-* of the bucket with the smallest share left (requests or tokens, key or tenant). */
-  #stamp(res: ServerResponse, subjects: readonly Subject[], now: number): void {
+  #rateLimitHeaders(subjects: readonly Subject[], now: number): Record<string, string> | null {
     let best: TokenBucket | null = null;
     let bestLabel = '';
     let bestShare = Infinity;
@@ -445,11 +455,13 @@ export class CompiledAdmission {
         }
       }
     }
-    if (!best) return;
-    res.setHeader('x-ratelimit-limit', String(Math.floor(best.capacity)));
-    res.setHeader('x-ratelimit-remaining', String(best.remaining(now)));
-    res.setHeader('x-ratelimit-reset', String(seconds(best.msUntilFull(now))));
-    res.setHeader('x-ratelimit-scope', bestLabel);
+    if (!best) return null;
+    return {
+      'x-ratelimit-limit': String(Math.floor(best.capacity)),
+      'x-ratelimit-remaining': String(best.remaining(now)),
+      'x-ratelimit-reset': String(seconds(best.msUntilFull(now))),
+      'x-ratelimit-scope': bestLabel,
+    };
   }
 
   #undo(subjects: readonly Subject[], tokens: number): void {

@@ -330,7 +330,10 @@ class Exchange {
       return;
     }
     this.headersSent = true;
-    this.res.writeHead(status, this.proxy.responseHeaders(headers, this.requestId, this.rt, cb));
+    this.res.writeHead(
+      status,
+      this.proxy.responseHeaders(headers, this.requestId, this.rt, cb, this.admitted),
+    );
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
@@ -445,7 +448,7 @@ class Exchange {
       );
     }
     if (this.res.destroyed) return;
-    const headers = this.proxy.responseHeaders(this.heldHeaders, this.requestId, this.rt, cb);
+    const headers = this.proxy.responseHeaders(this.heldHeaders, this.requestId, this.rt, cb, this.admitted);
     headers['content-length'] = body.length;
     delete headers['transfer-encoding'];
     this.headersSent = true;
@@ -484,12 +487,17 @@ class Proxy {
     requestId: string,
     rt: Runtime,
     cb: CompiledBackend,
+    admitted: Admitted | null = null,
   ): Record<string, string | string[] | number> {
-    return downstreamResponseHeaders(upstream, {
+    const out = downstreamResponseHeaders(upstream, {
       requestId,
       version: this.deps.version,
       backend: rt.settings.exposeBackendHeader ? cb.id : null,
     }) as Record<string, string | string[] | number>;
+    // X-RateLimit-*: added here rather than with res.setHeader, which would send writeHead down
+    // its slower merging path.
+    if (admitted?.headers) Object.assign(out, admitted.headers);
+    return out;
   }
 
   /** Writes a gateway error in the JSON shape. `close`: the client may still be sending a body we will not read. */
@@ -522,7 +530,7 @@ class Proxy {
     const children = ex.backend ? ex.backend.metrics : this.deps.metrics.requestChildren('');
     children.byClass[codeClass(status)].inc();
     children.duration.observe(seconds);
-    if ((this.deps.usageSink || ex.admitted) && ex.principal) this.emitUsage(ex, status, seconds);
+    if ((this.deps.usageSink || ex.admitted?.wantsUsage) && ex.principal) this.emitUsage(ex, status, seconds);
     else ex.admitted?.end(null);
   }
 
