@@ -6,7 +6,9 @@
 //    process, so it has a core to itself): "off" is a public route (no credential, no limits);
 //    "on" is the same backend behind an API key whose key and tenant both have requests/min,
 //    tokens/min and concurrency limits (set high enough never to refuse), so every bucket runs.
-//    Rounds alternate off/on to spread drift; the ratio is on ÷ off of the summed throughput.
+//    Rounds alternate off/on to spread drift. Two ratios: summed throughput on ÷ off, and the
+//    data plane's CPU time per request off ÷ on (medians) -- the capacity ratio of a CPU-bound
+//    gateway, which stays meaningful when other work shares the cores and throughput swings.
 // 2. With --keys keys loaded: heap growth of applying that snapshot (after GC, input dropped), and
 //    the cost of one authentication (checksum, SHA-256, lookup) with 10 keys vs that many keys.
 import { fork, type ChildProcess } from 'node:child_process';
@@ -28,11 +30,18 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '32' },
     keys: { type: 'string', default: '100000' },
+    /** all: requests/min, tokens/min and concurrency on key and tenant; requests: requests/min only; none: identity only. */
+    limits: { type: 'string', default: 'all' },
     serve: { type: 'string' },
   },
 });
 const quiet = pino({ level: 'silent' });
-const HIGH = { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_000_000, concurrentRequests: 100_000 };
+const HIGH =
+  args.limits === 'none'
+    ? {}
+    : args.limits === 'requests'
+      ? { requestsPerMinute: 100_000_000 }
+      : { requestsPerMinute: 100_000_000, tokensPerMinute: 1_000_000_000, concurrentRequests: 100_000 };
 
 function benchSnapshot(upstream: string, extraKeys: ApiKey[], key: ApiKey): Snapshot {
   return snapshot({
@@ -61,7 +70,12 @@ if (args.serve !== undefined) {
   const r = plane.applySnapshot(benchSnapshot(upstream, [], key));
   if (!r.accepted) throw new Error('bench snapshot refused');
   process.send?.({ url: plane.url });
-  process.on('message', () => void plane.close({ drainMs: 100 }).then(() => process.exit(0)));
+  process.on('message', (m) => {
+    if (m === 'cpu') {
+      const u = process.cpuUsage();
+      process.send?.({ cpu: u.user + u.system });
+    } else void plane.close({ drainMs: 100 }).then(() => process.exit(0));
+  });
 } else {
   await main();
 }
@@ -86,7 +100,7 @@ async function main(): Promise<void> {
 
   const child: ChildProcess = fork(
     new URL(import.meta.url).pathname,
-    ['--serve', JSON.stringify({ upstream: upstreamUrl, key: k.key })],
+    ['--serve', JSON.stringify({ upstream: upstreamUrl, key: k.key }), '--limits', args.limits],
     {
       stdio: 'inherit',
     },
@@ -97,7 +111,20 @@ async function main(): Promise<void> {
   });
   const pool = new Pool(url, { connections, pipelining: 1 });
 
-  async function load(path: string, headers: Record<string, string>, ms: number): Promise<number> {
+  /** The data plane process's CPU time so far, in microseconds. */
+  function planeCpu(): Promise<number> {
+    return new Promise((resolve) => {
+      child.once('message', (m) => resolve((m as { cpu: number }).cpu));
+      child.send('cpu');
+    });
+  }
+
+  async function load(
+    path: string,
+    headers: Record<string, string>,
+    ms: number,
+  ): Promise<{ rate: number; cpuUs: number }> {
+    const cpu0 = await planeCpu();
     const end = performance.now() + ms;
     let done = 0;
     let failed = 0;
@@ -112,7 +139,7 @@ async function main(): Promise<void> {
       }),
     );
     if (failed > 0) throw new Error(`${failed} requests failed on ${path}`);
-    return done / (ms / 1000);
+    return { rate: done / (ms / 1000), cpuUs: ((await planeCpu()) - cpu0) / done };
   }
 
   const off = { path: '/open/chat/completions', headers: { 'content-type': 'application/json' } };
@@ -122,16 +149,23 @@ async function main(): Promise<void> {
   };
   await load(off.path, off.headers, 1000); // warm-up both paths
   await load(on.path, on.headers, 1000);
-  const offRates: number[] = [];
-  const onRates: number[] = [];
+  const offRuns: { rate: number; cpuUs: number }[] = [];
+  const onRuns: { rate: number; cpuUs: number }[] = [];
   for (let i = 0; i < rounds; i++) {
-    offRates.push(await load(off.path, off.headers, seconds * 1000));
-    onRates.push(await load(on.path, on.headers, seconds * 1000));
+    offRuns.push(await load(off.path, off.headers, seconds * 1000));
+    onRuns.push(await load(on.path, on.headers, seconds * 1000));
   }
   const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
-  console.log(`throughput off (public route): ${offRates.map((r) => r.toFixed(0)).join(', ')} req/s`);
-  console.log(`throughput on (key + limits):  ${onRates.map((r) => r.toFixed(0)).join(', ')} req/s`);
-  console.log(`ratio on/off: ${(sum(onRates) / sum(offRates)).toFixed(3)}`);
+  const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;
+  const show = (runs: { rate: number; cpuUs: number }[]) =>
+    `${runs.map((r) => r.rate.toFixed(0)).join(', ')} req/s; data-plane CPU ${runs.map((r) => r.cpuUs.toFixed(0)).join(', ')} µs/req`;
+  console.log(`off (public route): ${show(offRuns)}`);
+  console.log(`on (key + limits):  ${show(onRuns)}`);
+  console.log(
+    `throughput ratio on/off (sums): ${(sum(onRuns.map((r) => r.rate)) / sum(offRuns.map((r) => r.rate))).toFixed(3)}`,
+  );
+  const cpuRatio = median(offRuns.map((r) => r.cpuUs)) / median(onRuns.map((r) => r.cpuUs));
+  console.log(`capacity ratio on/off (median data-plane CPU per request, off ÷ on): ${cpuRatio.toFixed(3)}`);
   await pool.close();
   child.send('stop');
   await new Promise((r) => child.once('exit', r));
