@@ -8,6 +8,7 @@
 //   --operator-url / GPUGATE_OPERATOR_URL: ask the operator for the current snapshot at start (push token)
 //   --database-url / DATABASE_URL: migrate, then meter usage into this Postgres (flushed on SIGTERM
 //     after the drain) and serve GET /v1/usage and the admin usage routes; none: usage is not recorded
+//     and POST /webhook/register answers 503 (registrations are recorded there too)
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -15,6 +16,7 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { migrate } from './metering/migrate.ts';
 import { createMeteringWriter } from './metering/writer.ts';
+import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
 
@@ -79,7 +81,13 @@ if (databaseUrl) {
 const plane = await createDataPlane({
   logger,
   registry,
-  ...(metering ? { usageSink: metering.writer, usageDb: metering.pool } : {}),
+  ...(metering
+    ? {
+        usageSink: metering.writer,
+        usageDb: metering.pool,
+        registrationStore: createPgRegistrationStore(metering.pool),
+      }
+    : {}),
   listen: {
     host: values.host ?? env.GPUGATE_HOST ?? '0.0.0.0',
     port: intOf('port', values.port ?? env.GPUGATE_PORT, 8080),

@@ -23,6 +23,8 @@ import { proxyPlugin } from './proxy/proxy.ts';
 import { Runtime } from './routing/runtime.ts';
 import type { TaskStore } from './metering/tasks.ts';
 import { MemoryTaskStore } from './tasks/store.ts';
+import { registrationRoutes } from './registration/routes.ts';
+import type { RegistrationStore } from './registration/store.ts';
 import { UpstreamRegistry } from './upstream/endpoint.ts';
 import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
 
@@ -49,6 +51,8 @@ export interface DataPlaneOptions {
    * share it across replicas; in memory (this replica only) by default.
    */
   taskStore?: TaskStore;
+  /** Where POST /webhook/register records endpoints (createPgRegistrationStore); none: 503. */
+  registrationStore?: RegistrationStore;
   listen: { host: string; port: number };
   /** token null disables PUT /config (a snapshot can still be applied in-process). */
   admin: { host: string; port: number; token: string | null };
@@ -205,6 +209,14 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   });
   await proxy.register(
     usageRoutes({ db: opts.usageDb ?? null, current: () => current, version: GPUGATE_VERSION }),
+  );
+  await proxy.register(
+    registrationRoutes({
+      backends: () => current?.backends.map((b) => b.backend) ?? null,
+      store: opts.registrationStore ?? null,
+      logger,
+      version: GPUGATE_VERSION,
+    }),
   );
   // CORS before routing: preflights are answered here and never reach identity or a backend.
   proxy.addHook(

@@ -13,6 +13,7 @@
 //   --sidecar-image / GPUGATE_SIDECAR_IMAGE: the data-plane image injected for `dataplane: sidecar`
 //   --sidecar-token-secret / GPUGATE_SIDECAR_TOKEN_SECRET: Secret name (backend's namespace) mounted in sidecars
 //   DATABASE_URL: read tenants' usage from the metering tables; --usage-interval-ms (30000)
+//     and self-registered endpoints (registered_endpoints); --registration-interval-ms (5000) at the latest
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
@@ -34,6 +35,7 @@ const { values } = parseArgs({
     'sidecar-image': { type: 'string' },
     'sidecar-token-secret': { type: 'string' },
     'usage-interval-ms': { type: 'string' },
+    'registration-interval-ms': { type: 'string' },
     identity: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -129,6 +131,11 @@ const operator = await startOperator({
     '--usage-interval-ms',
     values['usage-interval-ms'] ?? env.GPUGATE_USAGE_INTERVAL_MS,
     30_000,
+  ),
+  registrationIntervalMs: int(
+    '--registration-interval-ms',
+    values['registration-interval-ms'] ?? env.GPUGATE_REGISTRATION_INTERVAL_MS,
+    5_000,
   ),
   ...(sidecarImage
     ? {

@@ -101,7 +101,16 @@ async function sync(
     ready: !e.disabled,
     ...(e.disabled ? { reason: 'disabled' } : {}),
   }));
-  const discovered = dep ? podEndpoints(ctx.caches, namespace, name, dep.port) : [];
+  const discovered = [
+    ...(dep ? podEndpoints(ctx.caches, namespace, name, dep.port) : []),
+    ...(obj.spec.registration
+      ? (ctx.registeredEndpoints?.({ namespace, name }) ?? []).map((e) => ({
+          url: e.url,
+          source: 'registered' as const,
+          ready: e.ready,
+        }))
+      : []),
+  ];
   const endpoints = [...statics, ...discovered.filter((d) => !statics.some((s) => s.url === d.url))];
   const ready = endpoints.filter((e) => e.ready).length;
   const total = Math.max(endpoints.length, dep ? dep.replicas : 0);

@@ -11,7 +11,12 @@ import { KubeClient, KubeError, paths, type KubeObject } from '../kube/client.ts
 import { startInformer, type Informer, type InformerHandlers } from '../kube/informer.ts';
 import { startLeaderElection, type LeaderElector } from '../leader/lease.ts';
 import { createPublisher, type Publisher, type PushTarget } from '../push/publisher.ts';
-import { objectId, type ObjectProblem, type SecretData } from '../snapshot/compile.ts';
+import {
+  objectId,
+  type DiscoveredEndpoint,
+  type ObjectProblem,
+  type SecretData,
+} from '../snapshot/compile.ts';
 import { apiKeyReconciler } from './apikey.ts';
 import {
   childName,
@@ -36,6 +41,7 @@ import {
   type Secret,
 } from './types.ts';
 import { createUsageReader, type UsageReader } from './usage.ts';
+import { startRegistrationWatcher, type RegistrationWatcher } from './registration.ts';
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -52,6 +58,8 @@ export interface OperatorOptions {
   pushTokenSecret: { namespace: string; name: string; key: string };
   databaseUrl?: string;
   usageIntervalMs?: number;
+  /** How often registered endpoints are re-read at the latest (they also follow NOTIFY and expiry). */
+  registrationIntervalMs?: number;
   sidecar?: SidecarSettings;
   workers?: number;
   resyncMs?: number;
@@ -289,6 +297,22 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     return [...out.values()].sort((a, b) => a.url.localeCompare(b.url));
   };
 
+  // Self-registered endpoints (with DATABASE_URL): a change recompiles and rewrites those backends' status.
+  const registrations: RegistrationWatcher | null = opts.databaseUrl
+    ? startRegistrationWatcher({
+        databaseUrl: opts.databaseUrl,
+        logger,
+        ...(opts.registrationIntervalMs ? { intervalMs: opts.registrationIntervalMs } : {}),
+        onChange(ids) {
+          for (const id of ids) {
+            const [namespace, ...rest] = id.split('/');
+            enqueue('GpuBackend', namespace, rest.join('/'));
+          }
+          schedule();
+        },
+      })
+    : null;
+
   let elector: LeaderElector | null = null;
   let problemIndex = new Map<string, ObjectProblem[]>();
   const problemKey = (kind: Kind, namespace: string, name: string) => `${kind}/${namespace}/${name}`;
@@ -297,16 +321,17 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     registry,
     input: () => {
       const gpuBackends = caches.gpuBackends.list() as unknown as GpuBackend[];
-      const discoveredEndpoints: Record<string, ReturnType<typeof podEndpoints>> = {};
+      const discoveredEndpoints: Record<string, DiscoveredEndpoint[]> = {};
       for (const b of gpuBackends) {
         const dep = b.spec?.deployment;
-        if (!dep) continue;
-        discoveredEndpoints[objectId(b.metadata)] = podEndpoints(
-          caches,
-          b.metadata.namespace ?? 'default',
-          b.metadata.name,
-          dep.port ?? 8000,
-        );
+        const registered = b.spec?.registration ? (registrations?.endpoints(objectId(b.metadata)) ?? []) : [];
+        if (!dep && registered.length === 0) continue;
+        discoveredEndpoints[objectId(b.metadata)] = [
+          ...(dep
+            ? podEndpoints(caches, b.metadata.namespace ?? 'default', b.metadata.name, dep.port ?? 8000)
+            : []),
+          ...registered,
+        ];
       }
       return {
         gpuBackends,
@@ -348,6 +373,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     caches,
     logger,
     problemsOf: (kind, key) => problemIndex.get(problemKey(kind, key.namespace, key.name)) ?? [],
+    registeredEndpoints: (key) => registrations?.endpoints(`${key.namespace}/${key.name}`) ?? [],
     now: () => new Date(),
   };
   const usage: UsageReader | null = opts.databaseUrl ? createUsageReader(opts.databaseUrl) : null;
@@ -480,6 +506,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       ]);
       await Promise.race([Promise.all(workers), new Promise((r) => setTimeout(r, 2000))]);
       await usage?.close();
+      await registrations?.close();
     },
   };
 }

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { ApiKey, GpuBackend, Tenant } from '../api/v1alpha1/index.ts';
 import type { KubeClient, KubeObject } from '../kube/client.ts';
 import type { Informer } from '../kube/informer.ts';
-import type { ObjectProblem } from '../snapshot/compile.ts';
+import type { DiscoveredEndpoint, ObjectProblem } from '../snapshot/compile.ts';
 
 export type Kind = 'GpuBackend' | 'Tenant' | 'ApiKey';
 
@@ -63,6 +63,8 @@ export interface ControllerContext {
   logger: Logger;
   /** Problems of the latest snapshot compile for one object. */
   problemsOf(kind: Kind, key: Key): ObjectProblem[];
+  /** Live self-registered endpoints of a backend (empty without a database). */
+  registeredEndpoints?(key: Key): DiscoveredEndpoint[];
   /** Endpoints the snapshot holds for a backend (static and discovered), as the status reports them. */
   now(): Date;
 }

@@ -79,6 +79,8 @@ export interface OperatorArgs {
   identity?: string;
   leaseDurationMs?: number;
   extra?: string[];
+  /** Extra environment (DATABASE_URL). */
+  env?: Record<string, string>;
 }
 
 export async function startOperatorProcess(a: OperatorArgs): Promise<Proc & { url: string }> {
@@ -99,7 +101,7 @@ export async function startOperatorProcess(a: OperatorArgs): Promise<Proc & { ur
       ...(a.dataplaneUrls ?? []).flatMap((u) => ['--dataplane-url', u]),
       ...(a.extra ?? []),
     ],
-    { KUBECONFIG: a.kubeconfig },
+    { KUBECONFIG: a.kubeconfig, ...a.env },
   );
   const listening = await p.waitFor('operator listening');
   return Object.assign(p, { url: listening.url as string });
