@@ -1,0 +1,246 @@
+// The control plane failing around serving data planes: broken, forged and older snapshots pushed under
+// load; the operator killed; a data plane started while the operator is down.
+//
+// The operator here is operator/server.ts (its real GET /snapshot port) fed a fixed snapshot: what a data
+// plane sees of the operator is that port and its pushes, and the cluster tier (test/cluster/operator*.ts)
+// already runs the whole operator against a real API server. Data planes are real processes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { Registry } from 'prom-client';
+import { request } from 'undici';
+import { describe, expect, it } from 'vitest';
+import type { Snapshot } from '../../dataplane/config/snapshot.ts';
+import { startOperatorServer } from '../../operator/server.ts';
+import { startSimulator } from '../fixtures/gpusim/index.ts';
+import { useTestDatabase } from '../fixtures/postgres.ts';
+import { apiKey, backend, chat, snapshot, tenant, until } from '../dataplane/harness.ts';
+import { countByStatus, eventually, reconcile, SOAK, steadyLoad } from './load.ts';
+import { startFleet } from './fleet.ts';
+
+const db = useTestDatabase();
+const root = resolve(import.meta.dirname, '..', '..');
+const TOKEN = 'push-token-for-tests';
+const FAULT_MS = SOAK ? 20_000 : 2_000;
+
+async function put(adminUrl: string, body: string, token = TOKEN): Promise<number> {
+  const res = await request(adminUrl + '/config', {
+    method: 'PUT',
+    body,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+  });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+describe('config pushes under load', () => {
+  it('refuses broken, forged, unauthenticated and older snapshots while serving, and keeps the last good one', async () => {
+    const fleet = await startFleet({ databaseUrl: db.url, endpoints: 2 });
+    try {
+      const good = fleet.plane.revision();
+      const load = steadyLoad({ url: fleet.plane.url, secrets: fleet.secrets, concurrency: 4 });
+      await load.settle(50);
+      const current = snapshot({
+        backends: [
+          backend(
+            'team/sim',
+            fleet.sims.map((s) => s.url),
+          ),
+        ],
+      });
+      const older = { ...current, generatedAt: '2020-01-01T00:00:00.000Z' };
+      const cases: { name: string; body: string; token?: string; expect: number[] }[] = [
+        { name: 'not JSON', body: '{"schemaVersion": 1, ', expect: [400] },
+        { name: 'empty object', body: '{}', expect: [400] },
+        {
+          name: 'unknown schema version',
+          body: JSON.stringify({ ...current, schemaVersion: 99 }),
+          expect: [400],
+        },
+        {
+          name: 'revision that does not match the content',
+          body: JSON.stringify({ ...current, revision: 'f'.repeat(64) }),
+          expect: [400],
+        },
+        {
+          name: 'endpoint URL that is not a URL',
+          body: JSON.stringify(
+            snapshot({ backends: [backend('team/sim', ['not a url'])], generatedAt: '2030-01-01T00:00:00Z' }),
+          ),
+          expect: [400],
+        },
+        { name: 'older than the one in use', body: JSON.stringify(older), expect: [400, 409] },
+        { name: 'wrong push token', body: JSON.stringify(current), token: 'wrong', expect: [401] },
+        { name: 'empty push token', body: JSON.stringify(current), token: '', expect: [401] },
+      ];
+      const seen: Record<string, number> = {};
+      for (const c of cases) {
+        seen[c.name] = await put(fleet.plane.adminUrl, c.body, c.token);
+        expect(fleet.plane.revision()).toBe(good);
+      }
+      await load.settle(50);
+      const outcomes = await load.stop();
+      await fleet.writer.flush();
+      const r = await reconcile(fleet.pool, outcomes, fleet.allSims);
+      console.log(
+        `bad pushes under load: ${JSON.stringify(seen)}; load ${JSON.stringify(countByStatus(outcomes))}; ${JSON.stringify(r)}`,
+      );
+      for (const c of cases) expect(c.expect, c.name).toContain(seen[c.name]);
+      expect(outcomes.every((o) => o.status === 200)).toBe(true);
+      expect(r.lost).toBe(0);
+      expect(r.doubled).toBe(0);
+    } finally {
+      await fleet.close();
+    }
+  });
+});
+
+interface PlaneProcess {
+  child: ChildProcess;
+  url: string;
+  adminUrl: string;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+async function startPlaneProcess(operatorUrl: string): Promise<PlaneProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      'dataplane/main.ts',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--admin-host',
+      '127.0.0.1',
+      '--admin-port',
+      '0',
+      '--operator-url',
+      operatorUrl,
+      '--drain-ms',
+      '1000',
+    ],
+    {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LOG_LEVEL: 'info', GPUGATE_PUSH_TOKEN: TOKEN },
+    },
+  );
+  let log = '';
+  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  await until(() => log.includes('"msg":"data plane listening"') || child.exitCode !== null, 30_000);
+  const line = log.split('\n').find((l) => l.includes('"msg":"data plane listening"'));
+  if (!line) throw new Error(`the data plane did not start:\n${log}`);
+  const { url, adminUrl } = JSON.parse(line) as { url: string; adminUrl: string };
+  return {
+    child,
+    url,
+    adminUrl,
+    log: () => log,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function startOperator(snap: Snapshot, port = 0): Promise<{ url: string; close(): Promise<void> }> {
+  const { server, url } = await startOperatorServer(
+    {
+      registry: new Registry(),
+      snapshot: () => snap,
+      token: () => TOKEN,
+      ready: () => true,
+      isLeader: () => true,
+    },
+    '127.0.0.1',
+    port,
+  );
+  return {
+    url,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+async function status(url: string, secret?: string): Promise<number> {
+  const res = await request(url, {
+    method: secret ? 'POST' : 'GET',
+    headers: secret ? { authorization: `Bearer ${secret}`, 'content-type': 'application/json' } : {},
+    ...(secret ? { body: chat('sim', { max_tokens: 2 }) } : {}),
+  });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+describe('operator away', () => {
+  it('operator killed: a data plane keeps serving its last snapshot; one started meanwhile stays unready (503) until the operator returns', async () => {
+    const sim = await startSimulator({
+      host: '127.0.0.1',
+      port: 0,
+      models: ['sim'],
+      prefillMsPerToken: 0,
+      decodeMsPerToken: 1,
+    });
+    const key = apiKey('team/a');
+    const snap = snapshot({
+      backends: [backend('team/sim', [sim.url])],
+      tenants: [tenant('team/a')],
+      keys: [key.key],
+    });
+    let operator = await startOperator(snap);
+    const operatorPort = Number(new URL(operator.url).port);
+    const planes: PlaneProcess[] = [];
+    try {
+      const first = await startPlaneProcess(operator.url);
+      planes.push(first);
+      await until(() => first.log().includes('snapshot from the operator'), 20_000);
+      const load = steadyLoad({
+        url: first.url,
+        secrets: { 'team/a': key.secret },
+        concurrency: 4,
+        maxMs: 60_000,
+      });
+      await load.settle(50);
+      const killedAt = Date.now();
+      await operator.close();
+      const late = await startPlaneProcess(operator.url);
+      planes.push(late);
+      await new Promise((r) => setTimeout(r, FAULT_MS));
+      const lateReady = await status(late.adminUrl + '/readyz');
+      const lateProxy = await status(late.url + '/v1/chat/completions', key.secret);
+      const firstReady = await status(first.adminUrl + '/readyz');
+      const duringOutage = load.outcomes.filter((o) => o.startedAt > killedAt);
+      operator = await startOperator(snap, operatorPort);
+      const back = Date.now();
+      // The late data plane retries with backoff capped at 5 s.
+      const lateServing = await eventually(
+        async () => (await status(late.adminUrl + '/readyz')) === 200,
+        15_000,
+      );
+      const lateAfterMs = Date.now() - back;
+      const lateProxyAfter = await status(late.url + '/v1/chat/completions', key.secret);
+      const outcomes = await load.stop();
+      console.log(
+        `operator away ${FAULT_MS} ms: serving plane ${duringOutage.length} requests ${JSON.stringify(countByStatus(duringOutage))}, ` +
+          `readyz ${firstReady}; plane started meanwhile: readyz ${lateReady}, proxy ${lateProxy}; ` +
+          `after the operator returned it served in ${lateAfterMs} ms (proxy ${lateProxyAfter}); whole load ${JSON.stringify(countByStatus(outcomes))}`,
+      );
+      expect(duringOutage.length).toBeGreaterThan(20);
+      expect(duringOutage.every((o) => o.status === 200)).toBe(true);
+      expect(firstReady).toBe(200);
+      expect(lateReady).toBe(503);
+      expect(lateProxy).toBe(503);
+      expect(lateServing).toBe(true);
+      expect(lateProxyAfter).toBe(200);
+    } finally {
+      for (const p of planes) await p.stop();
+      await operator.close().catch(() => undefined);
+      await sim.close();
+    }
+  });
+});
