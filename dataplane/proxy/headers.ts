@@ -24,6 +24,17 @@ const DROP_ON_REQUEST = new Set([
   'x-api-key',
   'x-user-id',
   'x-username',
+  // Identity headers that auth proxies (oauth2-proxy, ingress auth) set and backends often trust.
+  'x-forwarded-user',
+  'x-forwarded-email',
+  'x-forwarded-groups',
+  'x-forwarded-preferred-username',
+  'x-auth-request-user',
+  'x-auth-request-email',
+  'x-auth-request-groups',
+  'x-auth-request-preferred-username',
+  'x-remote-user',
+  'remote-user',
   'x-forwarded-for',
 ]);
 

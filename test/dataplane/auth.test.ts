@@ -220,6 +220,9 @@ describe('identity and admission: API keys, CIDRs, headers, public routes, CORS'
       'x-gpugate-anything': 'spoof',
       'x-user-id': 'admin',
       'x-username': 'root',
+      'x-forwarded-user': 'root',
+      'x-auth-request-email': 'root@example.com',
+      'x-remote-user': 'root',
     });
     expect(res.statusCode).toBe(200);
     await res.body.dump();
@@ -233,6 +236,8 @@ describe('identity and admission: API keys, CIDRs, headers, public routes, CORS'
       expect(r.headers['x-gpugate-anything']).toBeUndefined();
       expect(r.headers['x-user-id']).toBeUndefined();
       expect(r.headers['x-username']).toBeUndefined();
+      for (const h of ['x-forwarded-user', 'x-auth-request-email', 'x-remote-user'])
+        expect(r.headers[h]).toBeUndefined();
       expect(r.headers['x-api-key']).toBeUndefined();
       expect(r.headers.authorization).toBe('Bearer backend-own-secret');
       expect(JSON.stringify(r.headers)).not.toContain(acme.secret);
