@@ -2,7 +2,8 @@
 // may have reached the backend: only requests that certainly did not are retried elsewhere.
 import { gatewayError, type GatewayError } from '../errors.ts';
 
-export type FailureKind = 'connect' | 'connect_timeout' | 'first_byte_timeout' | 'total_timeout' | 'reset';
+export type FailureKind =
+  'connect' | 'connect_timeout' | 'first_byte_timeout' | 'total_timeout' | 'reset' | 'invalid';
 
 export interface UpstreamFailure {
   kind: FailureKind;
@@ -64,6 +65,34 @@ export function classifyFailure(err: unknown, abortReason: unknown, backendId: s
         'upstream_error',
         'upstream_connect_timeout',
         `connecting to backend ${backendId} timed out`,
+      ),
+    };
+  }
+  if (code === 'UND_ERR_INVALID_ARG') {
+    // undici refused the request before sending it (e.g. a configured upstream credential with a
+    // newline): a configuration problem, not the endpoint's.
+    return {
+      kind: 'invalid',
+      reached: false,
+      endpointFault: false,
+      error: gatewayError(
+        502,
+        'upstream_error',
+        'upstream_request_invalid',
+        `the request to backend ${backendId} could not be sent: ${(err as Error).message}`,
+      ),
+    };
+  }
+  if (typeof code === 'string' && (code.startsWith('ERR_INVALID_') || code.startsWith('ERR_HTTP_'))) {
+    return {
+      kind: 'invalid',
+      reached: true,
+      endpointFault: false,
+      error: gatewayError(
+        502,
+        'upstream_error',
+        'bad_upstream_response',
+        `backend ${backendId} sent response headers that cannot be relayed`,
       ),
     };
   }

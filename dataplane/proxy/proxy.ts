@@ -329,11 +329,13 @@ class Exchange {
       this.heldHeaders = headers;
       return;
     }
-    this.headersSent = true;
+    // Set only once writeHead succeeded: headers Node refuses to send (undici's parser is more
+    // lenient) fail the attempt before any byte went out, and the client gets a JSON 502.
     this.res.writeHead(
       status,
       this.proxy.responseHeaders(headers, this.requestId, this.rt, cb, this.admitted),
     );
+    this.headersSent = true;
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {

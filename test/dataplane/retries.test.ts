@@ -142,3 +142,18 @@ describe('retries', () => {
     expect(await r.body.text()).toBe('model server exploded');
   });
 });
+
+describe('requests undici refuses to send', () => {
+  it('answers 502 upstream_request_invalid for a misconfigured upstream credential, without blaming or leaking the endpoint', async () => {
+    const up = await upstream('up');
+    const plane = await planeWith(
+      backend('ns/bad-auth', [up.url], { upstreamAuth: { header: 'authorization', value: 'Bearer a\nb' } }),
+    );
+    expect(await send(plane)).toEqual({ status: 502, code: 'upstream_request_invalid' });
+    expect(up.requests).toHaveLength(0);
+    const status = (await (await request(plane.adminUrl + '/upstreams')).body.json()) as {
+      endpoints: { inflight: number; ejectedForMs: number }[];
+    }[];
+    expect(status[0]?.endpoints[0]).toMatchObject({ inflight: 0, ejectedForMs: 0 });
+  });
+});
