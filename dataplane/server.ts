@@ -63,6 +63,11 @@ export interface DataPlaneOptions {
   panicThresholdPercent?: number;
   /** How often QueueAware backends' model-server metrics are scraped. */
   scrapeIntervalMs?: number;
+  /**
+   * A client must send its complete request headers within this (slowloris); the connection is closed
+   * after, checked every quarter of it. Default 10 s. Bodies and responses are bounded per backend instead.
+   */
+  headersTimeoutMs?: number;
   /** Small JSON bodies (read by the gateway to find the model) must arrive within this; 408 after. Default 30 s. */
   bodyReadTimeoutMs?: number;
 }
@@ -118,6 +123,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   });
   const outlier: OutlierOptions = { ...DEFAULT_OUTLIER, ...opts.outlier };
   const scrapeIntervalMs = opts.scrapeIntervalMs ?? 1_000;
+  const headersTimeoutMs = opts.headersTimeoutMs ?? 10_000;
   const sink = opts.usageSink;
   const admission = new Admission({
     logger,
@@ -184,6 +190,10 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     requestTimeout: 0,
     keepAliveTimeout: 65_000,
     return503OnClosing: true,
+    http: {
+      headersTimeout: headersTimeoutMs,
+      connectionsCheckingInterval: Math.max(100, Math.min(5_000, headersTimeoutMs / 4)),
+    },
   });
   proxy.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
