@@ -45,6 +45,8 @@ export interface LoadOptions {
 export interface Load {
   outcomes: Outcome[];
   stop(): Promise<Outcome[]>;
+  /** Waits for the load to end by its own bounds (maxRequests, maxMs). */
+  done(): Promise<Outcome[]>;
   /** Resolves once `n` more requests have completed (bounded by maxWaitMs). */
   settle(n: number, maxWaitMs?: number): Promise<void>;
 }
@@ -93,6 +95,11 @@ export function steadyLoad(opts: LoadOptions): Load {
     outcomes,
     stop: async () => {
       running = false;
+      await Promise.all(workers);
+      await dispatcher.close();
+      return outcomes;
+    },
+    done: async () => {
       await Promise.all(workers);
       await dispatcher.close();
       return outcomes;
