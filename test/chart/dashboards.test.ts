@@ -2,7 +2,10 @@
 // on loopback) scraping a data plane that serves GPU-simulator traffic, meters into Postgres and enforces quotas,
 // plus the simulators' own vLLM metrics. The test walks the dashboard JSON, substitutes the variables like
 // Grafana's "All", and asks Prometheus; an empty answer fails, except for the PENDING panels listed below, which
-// must stay empty (so the list is kept honest when their metrics arrive).
+// must stay empty (so the list is kept honest when their metrics arrive). The operator runs too (node
+// operator/main.ts against the harness API server, with its own service account, reconciling a Tenant and an
+// ApiKey and pushing to the data plane, which refuses: its PUT /config is off here), so the Control plane
+// dashboard's operator panels are asked as well.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -20,6 +23,13 @@ import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
 import { apiKey, backend, chat, quietLogger, snapshot, tenant } from '../dataplane/harness.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { kubectl, newNamespace } from '../cluster/harness.ts';
+import {
+  installCrds,
+  operatorServiceAccount,
+  startOperatorProcess,
+  type Proc,
+} from '../cluster/operator-helpers.ts';
 import { CHART } from './helm.ts';
 
 /**
@@ -35,17 +45,6 @@ const PENDING: Record<string, string> = {
     'the operator does not export gpugate_operator_tenant_quota_remaining_credits / _quota_credits yet',
   'gpugate / Backends :: Endpoints by state':
     'dataplane/server.ts does not pass the endpointHealth source to createMetrics yet',
-  'gpugate / Control plane :: Leader': 'operator metrics: the operator process is not run by this test',
-  'gpugate / Control plane :: Reconciles by kind and result':
-    'operator metrics: the operator process is not run by this test',
-  'gpugate / Control plane :: Work queue depth':
-    'operator metrics: the operator process is not run by this test',
-  'gpugate / Control plane :: Snapshot pushes by result':
-    'operator metrics: the operator process is not run by this test',
-  'gpugate / Control plane :: Push targets (leader)':
-    'operator metrics: the operator process is not run by this test',
-  'gpugate / Control plane :: Snapshot compile time p99':
-    'operator metrics: the operator process is not run by this test',
 };
 
 const NAMESPACE = 'gpugate-test';
@@ -94,6 +93,7 @@ describe('dashboards on a real Prometheus', () => {
   let plane: DataPlane;
   let sims: Simulator[] = [];
   let prometheus: ChildProcess | null = null;
+  let operator: (Proc & { url: string }) | null = null;
   let promUrl = '';
 
   async function query(expr: string): Promise<unknown[]> {
@@ -158,6 +158,39 @@ describe('dashboards on a real Prometheus', () => {
     });
     expect(plane.applySnapshot(s)).toMatchObject({ accepted: true });
 
+    await installCrds();
+    const opNs = await newNamespace('dashboards');
+    const kubeconfig = await operatorServiceAccount(opNs);
+    await kubectl([
+      'create',
+      'secret',
+      'generic',
+      'push-token',
+      '-n',
+      opNs,
+      '--from-literal=token=dashboards',
+    ]);
+    await kubectl(['apply', '-n', opNs, '-f', '-'], {
+      input: `
+apiVersion: gpugate.io/v1alpha1
+kind: Tenant
+metadata: {name: acme}
+spec: {}
+---
+apiVersion: gpugate.io/v1alpha1
+kind: ApiKey
+metadata: {name: acme-key}
+spec: {tenant: acme}
+`,
+    });
+    // A long lease: a loaded machine must not make it lose leadership while Prometheus scrapes.
+    operator = await startOperatorProcess({
+      ns: opNs,
+      kubeconfig,
+      dataplaneUrls: [plane.adminUrl],
+      leaseDurationMs: 60_000,
+    });
+
     const dir = mkdtempSync(join(tmpdir(), 'gpugate-prometheus-'));
     const promPort = await freePort();
     promUrl = `http://127.0.0.1:${promPort}`;
@@ -176,6 +209,12 @@ describe('dashboards on a real Prometheus', () => {
             ],
           },
           { job_name: 'model-servers', static_configs: [{ targets: sims.map((x) => new URL(x.url).host) }] },
+          {
+            job_name: 'gpugate-operator',
+            static_configs: [
+              { targets: [new URL(operator.url).host], labels: { namespace: NAMESPACE, pod: 'operator-0' } },
+            ],
+          },
         ],
       }),
     );
@@ -232,10 +271,11 @@ describe('dashboards on a real Prometheus', () => {
       expect(statuses.get(st) ?? 0, `status ${st} in ${JSON.stringify([...statuses])}`).toBeGreaterThan(0);
     expect([...statuses.keys()].some((st) => st >= 500)).toBe(true);
     await new Promise((r) => setTimeout(r, 2_500)); // two more scrapes
-  }, 120_000);
+  }, 240_000);
 
   afterAll(async () => {
     prometheus?.kill('SIGTERM');
+    await operator?.kill();
     await plane?.close({ drainMs: 0 });
     await quota?.close();
     await writer?.flushAndClose();
