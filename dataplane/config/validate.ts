@@ -56,6 +56,12 @@ function checkReferences(s: Snapshot): SnapshotProblem[] {
     backends.add(b.id);
     const endpointIds = new Set<string>();
     b.endpoints.forEach((e, j) => {
+      if (!URL.canParse(e.url)) {
+        problems.push({
+          path: `/backends/${i}/endpoints/${j}/url`,
+          message: `endpoint URL ${JSON.stringify(e.url)} is not a valid URL`,
+        });
+      }
       if (endpointIds.has(e.id)) {
         problems.push({ path: `/backends/${i}/endpoints/${j}/id`, message: `duplicate endpoint id ${e.id}` });
       }
@@ -111,9 +117,9 @@ export class SnapshotStore {
     now = Date.now(),
   ):
     | { accepted: true; changed: boolean; snapshot: Snapshot }
-    | { accepted: false; problems: SnapshotProblem[] } {
+    | { accepted: false; problems: SnapshotProblem[]; stale: boolean } {
     const parsed = parseSnapshot(input);
-    if (!parsed.ok) return { accepted: false, problems: parsed.problems };
+    if (!parsed.ok) return { accepted: false, problems: parsed.problems, stale: false };
     const next = parsed.snapshot;
     const current = this.#current;
     if (current && next.revision === current.revision)
@@ -121,6 +127,7 @@ export class SnapshotStore {
     if (current && Date.parse(next.generatedAt) < Date.parse(current.generatedAt)) {
       return {
         accepted: false,
+        stale: true,
         problems: [
           {
             path: '/generatedAt',

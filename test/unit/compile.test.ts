@@ -1,8 +1,8 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { generateApiKey, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
-import { sha256Hex } from '../../dataplane/config/revision.ts';
-import { parseSnapshot } from '../../dataplane/config/validate.ts';
+import { contentRevision, sha256Hex } from '../../dataplane/config/revision.ts';
+import { parseSnapshot, SnapshotStore } from '../../dataplane/config/validate.ts';
 import type { ApiKey, GpuBackend, Tenant } from '../../operator/api/v1alpha1/index.ts';
 import { compileSnapshot, type CompileInput } from '../../operator/snapshot/compile.ts';
 import { loadManifestDir } from '../../operator/snapshot/manifests.ts';
@@ -246,5 +246,40 @@ describe('compileSnapshot', () => {
     expect(snapshot.backends.map((b) => b.id)).toEqual(['default/image-enhance', 'default/llama']);
     expect(snapshot.tenants.map((t) => t.id)).toEqual(['default/research', 'default/trial']);
     expect(snapshot.keys).toHaveLength(2);
+  });
+});
+
+describe('SnapshotStore', () => {
+  const fresh = (over: Partial<CompileInput> = {}) =>
+    JSON.parse(JSON.stringify(compileSnapshot(input(over)).snapshot)) as Record<string, unknown>;
+
+  it('keeps the last good snapshot when offered a broken, tampered or older one', () => {
+    const store = new SnapshotStore();
+    const good = fresh();
+    expect(store.offer(good)).toMatchObject({ accepted: true, changed: true });
+
+    const future = { ...good, schemaVersion: 2 };
+    expect(store.offer(future)).toMatchObject({ accepted: false, stale: false });
+
+    const tampered = { ...good, settings: { ...(good.settings as object), replicas: 9 } };
+    const refused = store.offer(tampered);
+    expect(refused).toMatchObject({ accepted: false, stale: false });
+    expect(JSON.stringify(refused)).toContain('does not match the content');
+
+    const older = fresh({ settings: { replicas: 7 }, now: new Date('2020-01-01T00:00:00Z') });
+    expect(store.offer(older)).toMatchObject({ accepted: false, stale: true });
+    expect(store.current?.revision).toBe(good.revision);
+  });
+
+  it('refuses an endpoint URL that does not parse, naming its path', () => {
+    const snap = fresh();
+    const backends = snap.backends as { endpoints: { url: string }[] }[];
+    backends[0]!.endpoints[0]!.url = 'http://[broken';
+    const body = { ...snap };
+    body.revision = contentRevision(body);
+    const parsed = parseSnapshot(body);
+    expect(parsed.ok ? [] : parsed.problems).toEqual([
+      { path: '/backends/0/endpoints/0/url', message: 'endpoint URL "http://[broken" is not a valid URL' },
+    ]);
   });
 });
