@@ -171,7 +171,7 @@ describe('request path under arbitrary input', () => {
           // Only bodies the gateway peeks (POST, JSON, Content-Length) are checked: see the it.fails below.
           if (
             c.credential === 'restricted' &&
-            c.contentType !== '' &&
+            peeked(c) &&
             reached.some((q) => /"model"\s*:\s*"large"/.test(q.body))
           )
             restrictedLeaks++;
