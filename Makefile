@@ -126,3 +126,11 @@ bench-routing: $(DEPS_STAMP) ## Balancing policies on a heterogeneous simulator 
 	node test/bench/routing-quality.ts $(ARGS)
 
 .PHONY: bench-tools bench-proxy bench-streaming bench-upload bench-routing
+
+# ---- faults (test/faults, test/fuzz; docs/reliability.md) ------------------------------------------------------
+# `make test` runs the short variants. `make soak` stretches every fault window (30 s Postgres outage, 20 s
+# endpoint and operator faults, 10× the property-test runs); each loop stays bounded in count and time.
+soak: $(DEPS_STAMP) ## Long fault and bad-input runs (GPUGATE_SOAK=1): 30 s Postgres outage, longer loads
+	GPUGATE_SOAK=1 vitest run --project default --testTimeout 300000 test/faults test/fuzz
+
+.PHONY: soak
