@@ -14,7 +14,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP, type BlockList } from 'node:net';
 import type { Logger } from 'pino';
-import type { Backend, ClientLimits, Route, Snapshot } from '../config/snapshot.ts';
+import type { Backend, ClientLimits, RateLimits, Route, Snapshot } from '../config/snapshot.ts';
 import { gatewayError, type GatewayError } from '../errors.ts';
 import { addressIn, compileCidrs, normalizeAddress } from '../auth/cidr.ts';
 import {
@@ -101,6 +101,11 @@ function maxTokensOf(body: Buffer | null, fallback: number): number {
     // not JSON: the fallback
   }
   return fallback;
+}
+
+/** Cheap test before computing per-replica shares: most keys have no limits of their own. */
+function hasLimits(l: RateLimits): boolean {
+  return !!(l.requestsPerMinute || l.tokensPerMinute || l.concurrentRequests);
 }
 
 function seconds(ms: number): number {
@@ -297,13 +302,15 @@ export class CompiledAdmission {
     const { tenant, key } = principal;
     const shared = this.#shared;
     const subjects: Subject[] = [];
-    if (key !== null) {
+    if (key !== null && hasLimits(key.limits)) {
       const l = replicaLimits(key.limits, this.#replicas);
       if (!unlimited(l)) subjects.push({ label: 'key', state: shared.limits.state(`key:${key.id}`, l, now) });
     }
-    const tl = replicaLimits(tenant.limits, this.#replicas);
-    if (!unlimited(tl))
-      subjects.push({ label: 'tenant', state: shared.limits.state(`tenant:${tenant.id}`, tl, now) });
+    if (hasLimits(tenant.limits)) {
+      const tl = replicaLimits(tenant.limits, this.#replicas);
+      if (!unlimited(tl))
+        subjects.push({ label: 'tenant', state: shared.limits.state(`tenant:${tenant.id}`, tl, now) });
+    }
 
     const needsEstimate =
       subjects.some((s) => s.state.tokens !== null) ||

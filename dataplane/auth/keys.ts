@@ -2,7 +2,7 @@
 // them. The checksum lets the data plane reject typos and random guesses without a lookup; the
 // prefix makes leaked keys easy to recognise for secret scanners. Only SHA-256 hashes and the
 // first KEY_PREFIX_LENGTH characters ever leave the Secret that holds a key.
-import { createHash, randomInt } from 'node:crypto';
+import { hash, randomInt } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 
 export const KEY_SCHEME = 'gpg_';
@@ -44,7 +44,8 @@ export function checkKeyShape(key: string): KeyShape {
 }
 
 export function hashApiKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
+  // One-shot hash: about half the cost of createHash().update().digest() for a key this short.
+  return hash('sha256', key, 'hex');
 }
 
 export function keyPrefix(key: string): string {
