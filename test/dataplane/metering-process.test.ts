@@ -291,10 +291,9 @@ describe('metering of streams', () => {
     expect(Number(row.credits)).toBe(12);
   });
 
-  // The request path forwards the body untouched and does not add stream_options.include_usage, so
-  // a stream whose client did not ask carries no usage chunk and is metered by estimate. Flip to
-  // it() when dataplane/proxy asks for usage itself (issue 6, item 2).
-  it.fails('asks the backend for usage in the final chunk when the client did not', async () => {
+  // The gateway adds stream_options.include_usage when the client did not ask, meters the final
+  // usage chunk and hides it from the client.
+  it('asks the backend for usage in the final chunk when the client did not', async () => {
     const { id } = await stream({});
     const row = await eventOf(id);
     expect(row.tokens_estimated).toBe(false);
