@@ -12,6 +12,9 @@ import type { UsageSink } from './metering/usage.ts';
 import { adminUsageRoutes, usageRoutes } from './usage/api.ts';
 import type { Db } from './usage/queries.ts';
 import { adminPlugin, type ApplyResult } from './admin/admin.ts';
+import { adminViews } from './admin/views.ts';
+import { AccessLog, type AccessLogOptions } from './observability/access-log.ts';
+import { Tracing, type TracingOptions } from './observability/tracing.ts';
 import { Admission } from './admission/admission.ts';
 import type { JwksOptions } from './auth/jwt.ts';
 import { corsHook } from './http/cors.ts';
@@ -63,6 +66,10 @@ export interface DataPlaneOptions {
   panicThresholdPercent?: number;
   /** How often QueueAware backends' model-server metrics are scraped. */
   scrapeIntervalMs?: number;
+  /** One pino line per request (docs/operability.md); on at info, every request, by default. */
+  accessLog?: Partial<AccessLogOptions>;
+  /** OpenTelemetry spans over OTLP/HTTP; off (null) by default. */
+  tracing?: TracingOptions | null;
   /**
    * A client must send its complete request headers within this (slowloris); the connection is closed
    * after, checked every quarter of it. Default 10 s. Bodies and responses are bounded per backend instead.
@@ -115,6 +122,11 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const logger = opts.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
   const registry = opts.registry ?? new Registry();
   const instanceId = opts.instanceId ?? randomBytes(6).toString('hex');
+  const startedAt = Date.now();
+  const accessLog = opts.accessLog?.enabled === false ? null : new AccessLog(logger, opts.accessLog);
+  const tracing = opts.tracing
+    ? new Tracing({ instanceId, version: GPUGATE_VERSION, ...opts.tracing })
+    : null;
   const store = new SnapshotStore();
   const upstreams = new UpstreamRegistry();
   const metrics = createMetrics(registry, {
@@ -244,6 +256,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       taskStore: opts.taskStore ?? new MemoryTaskStore(),
       outlier,
       panicThresholdPercent: opts.panicThresholdPercent ?? 0,
+      accessLog,
+      tracing,
       bodyReadTimeoutMs: opts.bodyReadTimeoutMs ?? 30_000,
     }),
   );
@@ -252,6 +266,26 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     bodyLimit: 256 * 1024 * 1024,
   });
   await admin.register(adminUsageRoutes({ db: opts.usageDb ?? null, token: opts.admin.token }));
+  await admin.register(
+    adminViews({
+      token: opts.admin.token,
+      version: GPUGATE_VERSION,
+      instanceId,
+      startedAt,
+      current: () => current,
+      snapshot: () => store.current,
+      snapshotAgeMs: () => store.ageMs(),
+      admission,
+      usageDb: opts.usageDb ?? null,
+      features: {
+        metering: opts.usageSink !== undefined,
+        quota: opts.quota !== undefined,
+        usageApi: opts.usageDb !== undefined,
+        accessLog: accessLog !== null,
+        tracing: tracing !== null,
+      },
+    }),
+  );
   await admin.register(
     adminPlugin({
       registry,
@@ -306,6 +340,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     clearInterval(sweeper);
     current?.retire(() => undefined);
     await upstreams.closeAll();
+    await tracing?.shutdown().catch(() => undefined);
     await admin.close();
   }
 

@@ -69,6 +69,11 @@ export class LimitStore {
     return s;
   }
 
+  /** The state of a subject if it has one (nothing is created: for the admin views). */
+  peek(subject: string): LimitState | undefined {
+    return this.#states.get(subject);
+  }
+
   /** Drops the state of subjects that left the snapshot; in-flight counts of the rest survive. */
   retain(keep: (subject: string) => boolean): void {
     for (const [subject, s] of this.#states)

@@ -24,6 +24,8 @@ import type { EndpointState } from '../upstream/endpoint.ts';
 import { recordOutcome, type OutlierOptions } from '../upstream/health.ts';
 import { CLIENT_ABORT, classifyFailure, TOTAL_TIMEOUT } from './failures.ts';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.ts';
+import { traceIdOf, type AccessLog } from '../observability/access-log.ts';
+import type { RequestTrace, Tracing } from '../observability/tracing.ts';
 import { askForStreamUsage, UsageChunkFilter, UsageTap } from './usage-tap.ts';
 
 export interface ProxyDeps {
@@ -37,6 +39,10 @@ export interface ProxyDeps {
   outlier: OutlierOptions;
   /** Below this percentage of healthy endpoints, health is ignored (Envoy's panic mode). */
   panicThresholdPercent: number;
+  /** One line per request; null: none. */
+  accessLog: AccessLog | null;
+  /** OpenTelemetry spans; null (the default): tracing is off and costs nothing. */
+  tracing: Tracing | null;
   /** A small JSON body the gateway reads itself must arrive within this time (else 408). */
   bodyReadTimeoutMs: number;
 }
@@ -214,6 +220,12 @@ class Exchange {
   heldBytes = 0;
   heldStatus = 0;
   heldHeaders: Record<string, string | string[] | undefined> = {};
+  trace: RequestTrace | null = null;
+  /** 'admitted' or the admission refusal's code, for the access log. */
+  limits: string | null = null;
+  /** The code of the error the gateway answered with, if it did. */
+  error: string | null = null;
+  upstreamStatus: number | undefined = undefined;
   #waitingDrain = false;
 
   constructor(proxy: Proxy, requestId: string, rt: Runtime, req: IncomingMessage, res: ServerResponse) {
@@ -262,6 +274,12 @@ class Exchange {
     this.attemptsLeft--;
     const attempt = new Attempt(this, e);
     this.current = attempt;
+    this.trace?.upstream(this.upstreamHeaders, {
+      'gpugate.backend': cb.id,
+      'gpugate.endpoint': e.id,
+      'server.address': e.origin,
+      'gpugate.attempt': this.tried.length,
+    });
     e.pool.dispatch(
       {
         origin: e.origin,
@@ -286,7 +304,9 @@ class Exchange {
     if (attempt !== this.current) return;
     const cb = this.backend as CompiledBackend;
     const e = attempt.endpoint;
+    if (status >= 500) e.lastFailure = { kind: 'status', message: `answered ${status}`, at: Date.now() };
     recordOutcome(e, status >= 500, Date.now(), this.proxy.deps.outlier, this.proxy.onEject);
+    this.upstreamStatus = status;
     if (
       this.attemptsLeft > 0 &&
       cb.retryOnStatus.has(status) &&
@@ -295,6 +315,7 @@ class Exchange {
     ) {
       // The backend said it did not take the request (e.g. 503 overloaded): try another endpoint.
       this.proxy.deps.metrics.upstreamErrors(cb.id, 'status').inc();
+      this.trace?.endUpstream(status);
       this.current = null;
       controller.abort(RETRY_ELSEWHERE);
       attempt.release();
@@ -374,6 +395,7 @@ class Exchange {
   onUpstreamEnd(attempt: Attempt): void {
     if (attempt !== this.current) return;
     attempt.release();
+    this.trace?.endUpstream(this.upstreamStatus);
     if (this.held) {
       void this.finishSubmit();
       return;
@@ -387,6 +409,7 @@ class Exchange {
     attempt.release();
     if (attempt !== this.current) return;
     this.current = null;
+    this.trace?.endUpstream(undefined, err.message);
     const cb = this.backend as CompiledBackend;
     if (this.headersSent) {
       // Bytes already reached the client: nothing to retry or to answer; cut the response.
@@ -403,8 +426,10 @@ class Exchange {
     const failure = classifyFailure(err, this.abortReason, cb.id);
     const deps = this.proxy.deps;
     deps.metrics.upstreamErrors(cb.id, failure.kind).inc();
-    if (failure.endpointFault)
+    if (failure.endpointFault) {
+      attempt.endpoint.lastFailure = { kind: failure.kind, message: err.message, at: Date.now() };
       recordOutcome(attempt.endpoint, true, Date.now(), deps.outlier, this.proxy.onEject);
+    }
     this.lastError = failure.error;
     deps.logger.warn(
       {
@@ -503,9 +528,14 @@ class Proxy {
   }
 
   /** Writes a gateway error in the JSON shape. `close`: the client may still be sending a body we will not read. */
-  writeError(ex: { res: ServerResponse; requestId: string }, err: GatewayError, close = false): void {
+  writeError(
+    ex: { res: ServerResponse; requestId: string; error?: string | null },
+    err: GatewayError,
+    close = false,
+  ): void {
     const res = ex.res;
     if (res.headersSent || res.destroyed) return;
+    ex.error = err.code;
     const body = errorBody(err, ex.requestId);
     const headers: Record<string, string | number> = {
       'content-type': 'application/json',
@@ -532,8 +562,46 @@ class Proxy {
     const children = ex.backend ? ex.backend.metrics : this.deps.metrics.requestChildren('');
     children.byClass[codeClass(status)].inc();
     children.duration.observe(seconds);
+    const metering = ex.trace?.phase('metering');
     if ((this.deps.usageSink || ex.admitted?.wantsUsage) && ex.principal) this.emitUsage(ex, status, seconds);
     else ex.admitted?.end(null);
+    metering?.end();
+    if (ex.trace) ex.trace.end(status, this.traceAttributes(ex));
+    if (this.deps.accessLog?.wants(status)) this.logAccess(ex, status, seconds);
+  }
+
+  traceAttributes(ex: Exchange): Record<string, string | number> {
+    const a: Record<string, string | number> = { 'gpugate.retries': Math.max(0, ex.tried.length - 1) };
+    if (ex.principal) a['gpugate.tenant'] = ex.principal.tenant.id;
+    if (ex.backend) a['gpugate.backend'] = ex.backend.id;
+    if (ex.endpoint) a['gpugate.endpoint'] = ex.endpoint.id;
+    if (ex.model !== null) a['gen_ai.request.model'] = ex.model;
+    if (ex.error !== null) a['error.type'] = ex.error;
+    return a;
+  }
+
+  logAccess(ex: Exchange, status: number, seconds: number): void {
+    const p = ex.principal;
+    (this.deps.accessLog as AccessLog).write({
+      requestId: ex.requestId,
+      method: ex.method,
+      path: ex.path,
+      status,
+      tenant: p?.tenant.id ?? null,
+      keyPrefix: p?.key?.prefix ?? null,
+      userId: p?.userId ?? null,
+      backend: ex.backend?.id ?? null,
+      endpoint: ex.endpoint?.id ?? null,
+      model: ex.model,
+      bytesIn: ex.bytesIn,
+      bytesOut: ex.tap?.bytes ?? 0,
+      durationMs: Math.round(seconds * 1000),
+      ttfbMs: ex.ttfbMs,
+      retries: Math.max(0, ex.tried.length - 1),
+      limits: ex.limits,
+      error: ex.error,
+      traceId: ex.trace?.traceId ?? traceIdOf(ex.req.headers.traceparent),
+    });
   }
 
   emitUsage(ex: Exchange, status: number, seconds: number): void {
@@ -824,6 +892,8 @@ class Proxy {
     }
     rt.enter();
     const ex = new Exchange(this, requestId, rt, req, res);
+    const tracing = this.deps.tracing;
+    if (tracing) ex.trace = tracing.start(req.headers, req.method ?? 'GET', req.url ?? '/', requestId);
     res.once('close', () => this.finish(ex));
     this.route(ex).catch((err: unknown) => {
       this.deps.logger.error({ err, requestId }, 'proxy error');
@@ -874,10 +944,16 @@ class Proxy {
     if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
       entries = entries.filter((e) => e.route.public);
     } else {
+      const identify = ex.trace?.phase('identify');
       const who = await rt.admission.authenticate(req);
-      if (!who.ok) return this.writeError(ex, who.error, hasBody);
+      identify?.end();
+      if (!who.ok) {
+        ex.limits = who.error.code;
+        return this.writeError(ex, who.error, hasBody);
+      }
       ex.principal = who.principal;
     }
+    const routing = ex.trace?.phase('routing');
 
     const modelHeader = headers['x-gpugate-model'];
     let model = typeof modelHeader === 'string' && modelHeader !== '' ? modelHeader : null;
@@ -917,6 +993,7 @@ class Proxy {
     } else {
       entry = this.chooseBackend(entries, model, ex.principal, rt);
     }
+    routing?.end();
     if ('status' in entry) return this.writeError(ex, entry, unread);
     const cb = entry.backend;
     ex.backend = cb;
@@ -934,6 +1011,7 @@ class Proxy {
         true,
       );
     }
+    const admission = ex.trace?.phase('admission');
     const admitted = await rt.admission.admit({
       principal: ex.principal,
       req,
@@ -943,9 +1021,14 @@ class Proxy {
       body: buffered,
       bodyBytes: ex.bytesIn,
     });
+    admission?.end();
     if (admitted === null) return; // the client went away
-    if ('status' in admitted) return this.writeError(ex, admitted, unread);
+    if ('status' in admitted) {
+      ex.limits = admitted.code;
+      return this.writeError(ex, admitted, unread);
+    }
     ex.admitted = admitted;
+    ex.limits = 'admitted';
     if (buffered) ex.body = buffered;
     else if (hasBody) {
       if (contentLength < 0) {

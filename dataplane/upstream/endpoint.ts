@@ -36,6 +36,8 @@ export class EndpointState {
   consecutiveFailures = 0;
   ejectedUntil = 0;
   ejections = 0;
+  /** The last failure counted against it (for the admin views: why it was ejected). */
+  lastFailure: { kind: string; message: string; at: number } | null = null;
   load: ServerLoad | null = null;
   /** True once its responses carried X-Gpugate-Version: the endpoint is another gpugate. */
   gateway = false;
