@@ -32,6 +32,7 @@ import { compileCors, type CompiledCors } from '../http/cors.ts';
 import { AddressBuckets, LimitStore, replicaLimits, unlimited, type LimitState } from '../limits/limiter.ts';
 import type { TokenBucket } from '../limits/bucket.ts';
 import type { QuotaManager, QuotaTicket } from '../metering/quota.ts';
+import type { AdmissionRejectionReason } from '../metrics/metrics.ts';
 
 export interface AdmissionOptions {
   logger: Logger;
@@ -44,6 +45,8 @@ export interface AdmissionOptions {
   clockToleranceSeconds?: number;
   /** Output tokens assumed for a request that names no max_tokens. Default 256. */
   defaultMaxTokens?: number;
+  /** Told of every 429 rate_limit_exceeded (tenant '' for per-address limits): the rejections metric. */
+  rejected?: (tenant: string, reason: AdmissionRejectionReason) => void;
 }
 
 export const DEFAULT_CLIENT_LIMITS: ClientLimits = {
@@ -78,6 +81,8 @@ export interface AdmitRequest {
   body: Buffer | null;
   bodyBytes: number;
 }
+
+const QUOTA_READY_WAIT_MS = 2_000;
 
 const NOTHING_TO_END: Admitted = { headers: null, wantsUsage: false, end: () => undefined };
 
@@ -188,8 +193,13 @@ export class CompiledAdmission {
   readonly #replicas: number;
   readonly #publicPerMinute: number;
   readonly #failuresPerMinute: number;
-  /** Resolves once the quota manager tracks this snapshot's quotas; admission waits for it. */
+  /**
+   * Resolves once the quota manager has stored this snapshot's quota balances (it tracks the
+   * subjects at once; a lease needs the stored row). Admission waits for it, at most
+   * QUOTA_READY_WAIT_MS: with Postgres down, the quota manager's own failure policy decides.
+   */
   readonly #quotaReady: Promise<void>;
+  #quotaStored = false;
 
   constructor(shared: Admission, snapshot: Snapshot) {
     const { logger } = shared.opts;
@@ -214,13 +224,17 @@ export class CompiledAdmission {
     this.#failuresPerMinute =
       cl.authFailuresPerMinute === 0 ? 0 : Math.max(1, cl.authFailuresPerMinute / s.replicas);
     const quota = shared.quota;
+    this.#quotaStored = quota === null;
     this.#quotaReady = quota
-      ? quota.applySnapshot(snapshot).catch((err: unknown) => {
-          logger.error(
-            { err },
-            'quota manager could not take the snapshot; quotas keep their previous state',
-          );
-        })
+      ? quota.applySnapshot(snapshot).then(
+          () => {
+            this.#quotaStored = true;
+          },
+          (err: unknown) => {
+            this.#quotaStored = true;
+            logger.error({ err }, 'quota balances of this snapshot could not be stored');
+          },
+        )
       : Promise.resolve();
   }
 
@@ -251,6 +265,7 @@ export class CompiledAdmission {
     if (perMinute > 0) {
       const wait = this.#shared.failureBuckets.waitFor(ip, perMinute, now);
       if (wait > 0) {
+        this.#shared.opts.rejected?.('', 'auth_failures');
         return {
           ok: false,
           error: gatewayError(
@@ -320,7 +335,7 @@ export class CompiledAdmission {
     const tokens = inputTokens + maxTokens;
 
     for (const s of subjects) {
-      const refused = this.#check(s, tokens, now);
+      const refused = this.#check(s, tokens, now, tenant.id);
       if (refused) return refused;
     }
     for (const { state } of subjects) {
@@ -360,7 +375,16 @@ export class CompiledAdmission {
     headers: Record<string, string> | null,
   ): Promise<Admitted | GatewayError | null> {
     const { tenant, key } = a.principal as Principal;
-    await this.#quotaReady;
+    if (!this.#quotaStored) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.#quotaReady,
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, QUOTA_READY_WAIT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
     const d = await quota.admit(tenant.id, key?.id ?? null, estimate);
     if (!d.ok) {
       this.#undo(subjects, tokens);
@@ -402,18 +426,26 @@ export class CompiledAdmission {
     return ticket;
   }
 
-  #check(s: Subject, tokens: number, now: number): GatewayError | null {
+  #check(s: Subject, tokens: number, now: number, tenant: string): GatewayError | null {
     const { state, label } = s;
+    const rejected = this.#shared.opts.rejected;
     if (state.concurrent > 0 && state.inflight >= state.concurrent) {
+      rejected?.(tenant, 'concurrent_requests');
       return this.#refusal(label, 'concurrent requests', state.concurrent, 1000, null, now);
     }
     if (state.requests) {
       const wait = state.requests.waitFor(1, now);
-      if (wait > 0) return this.#refusal(label, 'requests per minute', 0, wait, state.requests, now);
+      if (wait > 0) {
+        rejected?.(tenant, 'requests_per_minute');
+        return this.#refusal(label, 'requests per minute', 0, wait, state.requests, now);
+      }
     }
     if (state.tokens) {
       const wait = state.tokens.waitFor(tokens, now);
-      if (wait > 0) return this.#refusal(label, 'tokens per minute', 0, wait, state.tokens, now);
+      if (wait > 0) {
+        rejected?.(tenant, 'tokens_per_minute');
+        return this.#refusal(label, 'tokens per minute', 0, wait, state.tokens, now);
+      }
     }
     return null;
   }
@@ -487,6 +519,7 @@ export class CompiledAdmission {
     const buckets = this.#shared.publicBuckets;
     const wait = buckets.waitFor(ip, perMinute, now);
     if (wait > 0) {
+      this.#shared.opts.rejected?.('', 'public_requests');
       return gatewayError(
         429,
         'rate_limit_error',
