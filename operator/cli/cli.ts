@@ -13,6 +13,7 @@ import { ManifestsTarget } from './manifests-target.ts';
 import { migrateCommands } from './migrate.ts';
 import { quotaCommands } from './quota.ts';
 import type { Target } from './target.ts';
+import { statusCommands } from './status.ts';
 import { tenantCommands } from './tenant.ts';
 import { usageCommands } from './usage.ts';
 
@@ -22,6 +23,7 @@ export const COMMANDS: readonly Command[] = [
   ...quotaCommands,
   ...usageCommands,
   ...migrateCommands,
+  ...statusCommands,
 ];
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
