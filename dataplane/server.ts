@@ -20,7 +20,7 @@ import type { JwksOptions } from './auth/jwt.ts';
 import { corsHook } from './http/cors.ts';
 import type { QuotaManager } from './metering/quota.ts';
 import { errorBody, gatewayError } from './errors.ts';
-import { createMetrics } from './metrics/metrics.ts';
+import { countUsage, createMetrics, type EndpointHealth } from './metrics/metrics.ts';
 import { saneRequestId } from './proxy/headers.ts';
 import { proxyPlugin } from './proxy/proxy.ts';
 import { Runtime } from './routing/runtime.ts';
@@ -132,6 +132,18 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const metrics = createMetrics(registry, {
     snapshotAgeMs: () => store.ageMs(),
     queueDepths: () => upstreams.queueDepths(),
+    *inflight() {
+      for (const b of current?.backends ?? [])
+        yield [b.id, b.endpoints.reduce((n, e) => n + e.inflight, 0)] as [string, number];
+    },
+    *endpointHealth() {
+      const now = Date.now();
+      for (const b of current?.backends ?? [])
+        for (const e of b.endpoints) {
+          const health: EndpointHealth = !e.ready ? 'not_ready' : e.healthy(now) ? 'healthy' : 'unhealthy';
+          yield { backend: b.id, health };
+        }
+    },
   });
   const outlier: OutlierOptions = { ...DEFAULT_OUTLIER, ...opts.outlier };
   const scrapeIntervalMs = opts.scrapeIntervalMs ?? 1_000;
@@ -143,7 +155,11 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     metering:
       sink && 'canAdmit' in sink && typeof sink.canAdmit === 'function' ? (sink as MeteringGate) : null,
     jwks: opts.jwks,
+    rejected: (tenant, reason) => metrics.admissionRejection(tenant, reason),
   });
+  // Every usage event is also counted per tenant (requests, tokens, credits by model, TTFB), with or
+  // without a sink that stores it.
+  const usageSink = countUsage(registry, sink ?? null);
   let current: Runtime | null = null;
   let draining = false;
 
@@ -252,7 +268,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       version: GPUGATE_VERSION,
       logger,
       metrics,
-      usageSink: opts.usageSink ?? null,
+      usageSink,
       taskStore: opts.taskStore ?? new MemoryTaskStore(),
       outlier,
       panicThresholdPercent: opts.panicThresholdPercent ?? 0,

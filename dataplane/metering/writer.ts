@@ -204,6 +204,9 @@ export function createMeteringWriter(options: MeteringWriterOptions): MeteringWr
   });
   const droppedFull = dropped.labels('buffer_full');
   const droppedClosed = dropped.labels('closed');
+  // Zero from the start, so a query sees a series (and increase() counts the first drop).
+  droppedFull.inc(0);
+  droppedClosed.inc(0);
   const writtenEvents = new Counter({
     name: 'gpugate_metering_written_events_total',
     help: 'Usage events this writer saw inserted into Postgres (a retry of a batch whose commit answer was lost counts its rows as duplicates)',

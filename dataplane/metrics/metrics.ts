@@ -28,7 +28,8 @@ export interface DataPlaneMetrics {
   panics(backend: string): Counter.Internal;
   healthCheckFailures(backend: string): Counter.Internal;
   queueRejections(backend: string): Counter.Internal;
-  inflight: Gauge<'backend'>;
+  /** A request refused by a rate limit (tenant '' when the refusal is per client address). */
+  admissionRejection(tenant: string, reason: AdmissionRejectionReason): void;
   snapshotApplies: Counter<'result'>;
   snapshotInfo: Gauge<'revision'>;
   snapshotAgeSeconds: Gauge;
@@ -48,10 +49,16 @@ function cached<T>(make: (key: string) => T): (key: string) => T {
 
 export type EndpointHealth = 'healthy' | 'unhealthy' | 'not_ready';
 
+/** Why admission answered 429 rate_limit_exceeded (quota refusals are gpugate_quota_refusals_total). */
+export type AdmissionRejectionReason =
+  'requests_per_minute' | 'tokens_per_minute' | 'concurrent_requests' | 'auth_failures' | 'public_requests';
+
 export interface MetricSources {
   snapshotAgeMs(): number | null;
   /** Requests waiting for a free endpoint, per backend id. */
   queueDepths(): Iterable<[string, number]>;
+  /** Requests in flight to the endpoints of each backend id; absent: gpugate_upstream_inflight_requests is not exported. */
+  inflight?(): Iterable<[string, number]>;
   /**
    * Every endpoint of the current snapshot: not_ready (the control plane says so), unhealthy (failing
    * active checks or ejected) or healthy. Absent: gpugate_upstream_endpoints is not exported.
@@ -109,10 +116,23 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
     labelNames: ['backend'] as const,
     registers: [registry],
   });
-  const inflight = new Gauge({
-    name: 'gpugate_upstream_inflight_requests',
-    help: 'Requests in flight to upstream endpoints',
-    labelNames: ['backend'] as const,
+  const inflightSource = sources.inflight;
+  if (inflightSource) {
+    new Gauge({
+      name: 'gpugate_upstream_inflight_requests',
+      help: 'Requests in flight to upstream endpoints, by backend',
+      labelNames: ['backend'] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [backend, n] of inflightSource()) this.labels(backend).set(n);
+      },
+    });
+  }
+  const admissionRejections = new Counter({
+    name: 'gpugate_admission_rejections_total',
+    help: 'Requests refused with 429 rate_limit_exceeded, by tenant (empty: per client address) and limit',
+    labelNames: ['tenant', 'reason'] as const,
     registers: [registry],
   });
   const snapshotApplies = new Counter({
@@ -184,7 +204,7 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
     panics: cached((b) => panics.labels(b)),
     healthCheckFailures: cached((b) => healthCheckFailures.labels(b)),
     queueRejections: cached((b) => queueRejections.labels(b)),
-    inflight,
+    admissionRejection: (tenant, reason) => admissionRejections.labels(tenant, reason).inc(),
     snapshotApplies,
     snapshotInfo,
     snapshotAgeSeconds,
