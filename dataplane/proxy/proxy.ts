@@ -609,11 +609,19 @@ class Proxy {
     const openai = b?.backend.protocol === 'openai';
     const reported = openai && ex.tap ? ex.tap.usage() : null;
     const bytesOut = ex.tap?.bytes ?? 0;
-    // Rough estimate when the backend reported nothing: ~4 bytes per token.
+    // Estimates when the backend reported nothing (e.g. a stream cut before its usage chunk): ~4 bytes
+    // per token, but one token per chunk of a stream (what OpenAI-style servers send).
     const inputTokens = reported ? reported.inputTokens : openai ? Math.ceil(ex.bytesIn / 4) : 0;
-    const outputTokens = reported ? reported.outputTokens : openai ? Math.ceil(bytesOut / 4) : 0;
+    const outputTokens = reported
+      ? reported.outputTokens
+      : openai
+        ? (ex.tap?.sseChunks ?? Math.ceil(bytesOut / 4))
+        : 0;
+    // Charged when the backend answered 2xx, even if the response was then cut (499): what was
+    // delivered is paid for. Refused and failed requests cost nothing.
+    const charged = status < 400 || (status === 499 && ex.headersSent && ex.res.statusCode < 300);
     let credits = 0;
-    if (b && status < 400) {
+    if (b && charged) {
       const p = b.backend.pricing;
       credits =
         p.perRequest +

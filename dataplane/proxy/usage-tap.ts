@@ -11,6 +11,9 @@ export interface TokenUsage {
 
 const MAX_JSON_BYTES = 1 << 20;
 const SSE_TAIL_BYTES = 16 << 10;
+/** The start of an SSE event carrying a JSON object (a chunk), with or without the space. */
+const DATA_OBJECT = [Buffer.from('\ndata: {'), Buffer.from('\ndata:{')] as const;
+const CARRY_BYTES = DATA_OBJECT[0].length - 1;
 
 export class UsageTap {
   bytes = 0;
@@ -18,6 +21,10 @@ export class UsageTap {
   #chunks: Buffer[] = [];
   #held = 0;
   #overflow = false;
+  /** SSE: `data: {` events seen so far (whole stream, not just the tail). */
+  #events = 0;
+  /** SSE: the last bytes of the previous chunk, for an event start split across chunks ('\n': stream start). */
+  #carry: Buffer = Buffer.from('\n');
 
   constructor(contentType: string | undefined, readUsage: boolean) {
     if (!readUsage || !contentType) this.#mode = 'none';
@@ -41,6 +48,7 @@ export class UsageTap {
       this.#chunks.push(chunk);
       return;
     }
+    this.#countEvents(chunk);
     // SSE: keep only a tail long enough for the final usage event.
     this.#chunks.push(chunk);
     this.#held += chunk.length;
@@ -48,6 +56,29 @@ export class UsageTap {
       this.#held -= (this.#chunks.shift() as Buffer).length;
     }
   };
+
+  /**
+   * SSE: the number of `data: {...}` events (chunks) that passed, for an output-token estimate when the
+   * backend reported no usage (a cut stream): OpenAI-style servers send one chunk per generated token.
+   * Null for other responses.
+   */
+  get sseChunks(): number | null {
+    return this.#mode === 'sse' ? this.#events : null;
+  }
+
+  #countEvents(chunk: Buffer): void {
+    const text = Buffer.concat([this.#carry, chunk]);
+    const carried = this.#carry.length;
+    for (const pattern of DATA_OBJECT) {
+      // Only matches that end in the new chunk: the rest were counted with the previous one.
+      let at = text.indexOf(pattern, Math.max(0, carried - pattern.length + 1));
+      while (at >= 0) {
+        this.#events++;
+        at = text.indexOf(pattern, at + pattern.length);
+      }
+    }
+    this.#carry = text.subarray(Math.max(0, text.length - CARRY_BYTES));
+  }
 
   /** The usage the backend reported, or null when it reported none (the caller estimates then). */
   usage(): TokenUsage | null {

@@ -32,6 +32,22 @@ describe('usage from responses', () => {
     );
     expect(tap.usage()).toEqual({ inputTokens: 1, outputTokens: 5000 });
   });
+
+  it('counts the data chunks of a stream, across chunk boundaries, for a cut stream without usage', () => {
+    const tap = new UsageTap('text/event-stream', true);
+    const stream = Buffer.from(
+      Array.from({ length: 40 }, (_, i) => `data: {"choices":[{"delta":{"content":"t${i}"}}]}\n\n`).join('') +
+        'data:{"choices":[{"delta":{"content":"no space"}}]}\r\n\r\n: comment data: {\n\ndata: [DONE]\n\n',
+    );
+    // Every split point, in 7-byte pieces (shorter than the pattern) and one byte at a time.
+    for (let i = 0; i < stream.length; i += 7) tap.onData(stream.subarray(i, i + 7));
+    expect(tap.sseChunks).toBe(41);
+    const bytewise = new UsageTap('text/event-stream', true);
+    for (let i = 0; i < stream.length; i++) bytewise.onData(stream.subarray(i, i + 1));
+    expect(bytewise.sseChunks).toBe(41);
+    expect(bytewise.usage()).toBeNull();
+    expect(new UsageTap('application/json', true).sseChunks).toBeNull();
+  });
 });
 
 describe('parseServerLoad', () => {
