@@ -6,8 +6,7 @@ import type { Server } from 'node:http';
 import Fastify, { type FastifyError } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { Registry } from 'prom-client';
-import type { Snapshot } from './config/snapshot.ts';
-import { parseSnapshot, SnapshotStore, type SnapshotProblem } from './config/validate.ts';
+import { SnapshotStore } from './config/validate.ts';
 import type { UsageSink } from './metering/usage.ts';
 import { adminUsageRoutes, usageRoutes } from './usage/api.ts';
 import type { Db } from './usage/queries.ts';
@@ -94,24 +93,6 @@ interface MeteringGate {
   canAdmit(failOpen: boolean): boolean;
 }
 
-/** Problems validation cannot see but compiling would trip on. */
-function compileProblems(s: Snapshot): SnapshotProblem[] {
-  const problems: SnapshotProblem[] = [];
-  s.backends.forEach((b, i) =>
-    b.endpoints.forEach((e, j) => {
-      try {
-        new URL(e.url);
-      } catch {
-        problems.push({
-          path: `/backends/${i}/endpoints/${j}/url`,
-          message: `endpoint URL ${JSON.stringify(e.url)} is not a valid URL`,
-        });
-      }
-    }),
-  );
-  return problems;
-}
-
 function urlOf(app: { server: Server }): string {
   const addr = app.server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
@@ -164,22 +145,12 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   let draining = false;
 
   function applySnapshot(input: unknown): ApplyResult {
-    const parsed = parseSnapshot(input);
-    const problems = parsed.ok ? compileProblems(parsed.snapshot) : parsed.problems;
-    if (problems.length > 0) {
-      metrics.snapshotApplies.labels('refused').inc();
-      logger.warn({ problems }, 'snapshot refused');
-      return { accepted: false, problems, stale: false };
-    }
+    // One parse: the store validates (endpoint URLs included) and says whether a refusal is a stale one.
     const offered = store.offer(input);
     if (!offered.accepted) {
       metrics.snapshotApplies.labels('refused').inc();
       logger.warn({ problems: offered.problems }, 'snapshot refused');
-      return {
-        accepted: false,
-        problems: offered.problems,
-        stale: offered.problems.some((p) => p.path === '/generatedAt'),
-      };
+      return { accepted: false, problems: offered.problems, stale: offered.stale };
     }
     const snapshot = offered.snapshot;
     if (!offered.changed) {
