@@ -27,7 +27,7 @@ import {
   type SidecarSettings,
 } from './gpubackend.ts';
 import { WorkQueue } from './queue.ts';
-import { tenantReconciler } from './tenant.ts';
+import { tenantQuotaMetrics, tenantReconciler } from './tenant.ts';
 import {
   BACKEND_LABEL,
   MANAGED_SELECTOR,
@@ -377,10 +377,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     now: () => new Date(),
   };
   const usage: UsageReader | null = opts.databaseUrl ? createUsageReader(opts.databaseUrl) : null;
+  const quotaMetrics = usage ? tenantQuotaMetrics(registry) : null;
   const reconcilers = new Map<Kind, Reconciler>(
     [
       gpuBackendReconciler(ctx, opts.sidecar ?? null),
-      tenantReconciler(ctx, usage, opts.usageIntervalMs ?? 30_000),
+      tenantReconciler(ctx, usage, opts.usageIntervalMs ?? 30_000, quotaMetrics),
       apiKeyReconciler(ctx),
     ].map((r) => [r.kind, r]),
   );
@@ -411,6 +412,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     },
     onStoppedLeading() {
       leaderGauge.set(0);
+      quotaMetrics?.clear();
     },
   });
   elector = leader;

@@ -1,22 +1,66 @@
 // Tenant → status: Ready (from the compiler's problems), key count, and usage of the current quota
-// period read from the metering tables on an interval when a usage database is configured.
+// period read from the metering tables on an interval when a usage database is configured; for a Tenant with
+// a quota, that read also sets the operator's per-tenant quota gauges (Tenants dashboard "Quota left", alert
+// GpugateTenantQuotaNearlyExhausted).
+import { Gauge, type Registry } from 'prom-client';
 import type { Tenant, TenantStatus } from '../api/v1alpha1/index.ts';
 import type { KubeObject } from '../kube/client.ts';
 import { setConditions, writeStatus, type ConditionInput, type ConditionReason } from './status.ts';
 import { DONE, type ControllerContext, type Key, type Outcome, type Reconciler } from './types.ts';
 import type { UsageReader } from './usage.ts';
 
+/** Per-tenant quota gauges, one series per Tenant with a quota (label tenant = "<namespace>/<name>"). */
+export interface TenantQuotaMetrics {
+  set(tenant: string, credits: number, remaining: number): void;
+  remove(tenant: string): void;
+  /** Drops every series (this replica stopped leading: another one reads usage now). */
+  clear(): void;
+}
+
+export function tenantQuotaMetrics(registry: Registry): TenantQuotaMetrics {
+  const quota = new Gauge({
+    name: 'gpugate_operator_tenant_quota_credits',
+    help: "A Tenant's spec.quota.credits for its period (Tenants with a quota, read with their usage).",
+    labelNames: ['tenant'] as const,
+    registers: [registry],
+  });
+  const remaining = new Gauge({
+    name: 'gpugate_operator_tenant_quota_remaining_credits',
+    help: "Credits left in a Tenant's current quota period (quota minus usage_daily's credits, not below 0).",
+    labelNames: ['tenant'] as const,
+    registers: [registry],
+  });
+  return {
+    set(tenant, credits, left) {
+      quota.set({ tenant }, credits);
+      remaining.set({ tenant }, left);
+    },
+    remove(tenant) {
+      quota.remove({ tenant });
+      remaining.remove({ tenant });
+    },
+    clear() {
+      quota.reset();
+      remaining.reset();
+    },
+  };
+}
+
 export function tenantReconciler(
   ctx: ControllerContext,
   usage: UsageReader | null,
   usageIntervalMs: number,
+  metrics: TenantQuotaMetrics | null = null,
 ): Reconciler {
   return {
     kind: 'Tenant',
     async reconcile(key: Key): Promise<Outcome> {
       const obj = ctx.caches.tenants.get(key.name, key.namespace);
-      if (!obj || obj.metadata.deletionTimestamp) return DONE;
-      return sync(ctx, obj as Tenant & KubeObject, usage, usageIntervalMs);
+      if (!obj || obj.metadata.deletionTimestamp) {
+        metrics?.remove(`${key.namespace}/${key.name}`);
+        return DONE;
+      }
+      return sync(ctx, obj as Tenant & KubeObject, usage, usageIntervalMs, metrics);
     },
   };
 }
@@ -26,6 +70,7 @@ async function sync(
   obj: Tenant & KubeObject,
   usage: UsageReader | null,
   usageIntervalMs: number,
+  metrics: TenantQuotaMetrics | null,
 ): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
   const now = ctx.now();
@@ -74,9 +119,15 @@ async function sync(
     ...(obj.status?.usage ? { usage: obj.status.usage } : {}),
   };
   if (usage) {
+    const id = `${namespace}/${name}`;
     try {
-      status.usage = await usage.read(`${namespace}/${name}`, obj.spec.quota ?? null, now);
+      const quota = obj.spec.quota ?? null;
+      status.usage = await usage.read(id, quota, now);
+      if (quota && status.usage.creditsRemaining !== undefined)
+        metrics?.set(id, quota.credits, status.usage.creditsRemaining);
+      else metrics?.remove(id);
     } catch (err) {
+      // The gauges keep the last read, like status.usage.
       ctx.logger.warn({ tenant: `${namespace}/${name}`, err: (err as Error).message }, 'usage read failed');
     }
   }

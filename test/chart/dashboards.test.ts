@@ -5,7 +5,8 @@
 // must stay empty (so the list is kept honest when their metrics arrive). The operator runs too (node
 // operator/main.ts against the harness API server, with its own service account, reconciling a Tenant and an
 // ApiKey and pushing to the data plane, which refuses: its PUT /config is off here), so the Control plane
-// dashboard's operator panels are asked as well.
+// dashboard's operator panels are asked as well. The operator reads usage from the same database (DATABASE_URL):
+// its Tenant has a daily quota and a usage row, so the quota gauges behind "Quota left" have a known value.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -35,10 +36,7 @@ import { CHART } from './helm.ts';
  * Panels (or one query of a panel, "[refId]") that cannot return data yet, and why (docs/operations.md,
  * "Metric gaps").
  */
-const PENDING: Record<string, string> = {
-  "gpugate / Tenants :: Quota left (share of the period's credits)":
-    'the operator does not export gpugate_operator_tenant_quota_remaining_credits / _quota_credits yet',
-};
+const PENDING: Record<string, string> = {};
 
 const NAMESPACE = 'gpugate-test';
 
@@ -88,6 +86,7 @@ describe('dashboards on a real Prometheus', () => {
   let prometheus: ChildProcess | null = null;
   let operator: (Proc & { url: string }) | null = null;
   let promUrl = '';
+  let operatorTenant = '';
 
   async function query(expr: string): Promise<unknown[]> {
     const res = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`);
@@ -168,7 +167,7 @@ describe('dashboards on a real Prometheus', () => {
 apiVersion: gpugate.io/v1alpha1
 kind: Tenant
 metadata: {name: acme}
-spec: {}
+spec: {quota: {credits: 1000, period: Daily}}
 ---
 apiVersion: gpugate.io/v1alpha1
 kind: ApiKey
@@ -176,12 +175,21 @@ metadata: {name: acme-key}
 spec: {tenant: acme}
 `,
     });
+    // 250 of acme's 1000 daily credits used: "Quota left" is 0.75.
+    await pool.query(
+      `INSERT INTO usage_daily (tenant, day, key_id, backend, model, requests, input_tokens, output_tokens, credits, errors)
+       VALUES ($1, $2, 'k1', 'b', 'm', 5, 100, 50, 250, 0)`,
+      [`${opNs}/acme`, new Date().toISOString().slice(0, 10)],
+    );
+    operatorTenant = `${opNs}/acme`;
     // A long lease: a loaded machine must not make it lose leadership while Prometheus scrapes.
     operator = await startOperatorProcess({
       ns: opNs,
       kubeconfig,
       dataplaneUrls: [plane.adminUrl],
       leaseDurationMs: 60_000,
+      extra: ['--usage-interval-ms', '1000'],
+      env: { DATABASE_URL: db.url },
     });
 
     const dir = mkdtempSync(join(tmpdir(), 'gpugate-prometheus-'));
@@ -292,6 +300,13 @@ spec: {tenant: acme}
         ).not.toHaveLength(0);
       }
     }
+  });
+
+  it("exports the operator's quota gauges for a Tenant with a quota: credits, and what its usage rows leave", async () => {
+    const left = await query(
+      `gpugate_operator_tenant_quota_remaining_credits{tenant="${operatorTenant}"} / gpugate_operator_tenant_quota_credits{tenant="${operatorTenant}"}`,
+    );
+    expect(left).toMatchObject([{ value: [expect.any(Number), '0.75'] }]);
   });
 
   it('answers every query of every dashboard panel with data (except the listed pending panels)', async () => {
