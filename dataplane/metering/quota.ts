@@ -482,6 +482,9 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         const values = pendingBalances;
         await serial(() => pool.query(UPSERT_BALANCES, values));
         if (pendingBalances === values) pendingBalances = null;
+        // Lease requests refused before the new limits were stored must not keep refusing for
+        // exhaustedCacheMs: a raised limit applies at once.
+        for (const s of subjects.values()) s.exhaustedUntil = 0;
       }
       const now = Date.now();
       const wall = wallClock();
@@ -529,6 +532,15 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     return syncing;
   }
 
+  /**
+   * A sync tick that starts after this call. A tick already in flight may be past the point where it
+   * reads what the caller just changed (pendingBalances): joining it would return before that is done.
+   */
+  async function syncFromNow(): Promise<void> {
+    if (syncing) await syncing.catch(() => undefined);
+    await sync();
+  }
+
   const timer = setInterval(() => {
     sync().catch((err: unknown) => logger.warn({ err }, 'quota sync failed; retrying'));
   }, syncIntervalMs);
@@ -553,7 +565,6 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         if (existing && existing.quota.period === e.quota.period) {
           existing.quota = e.quota;
           existing.failOpen = e.failOpen;
-          existing.exhaustedUntil = 0; // a raised limit applies at once
           next.set(key, existing);
         } else {
           if (existing) retire(existing);
@@ -580,7 +591,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         entries.map((e) => periodStart(e.quota.period, wall)),
         entries.map((e) => e.quota.credits),
       ];
-      await sync();
+      await syncFromNow(); // stores the limits (and then clears the refusal cache) before returning
     },
     admit,
     settle,
