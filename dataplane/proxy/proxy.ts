@@ -17,7 +17,7 @@ import { backendAllowed, modelAllowed, type Principal } from '../auth/identify.t
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import type { UsageSink } from '../metering/usage.ts';
-import type { CompiledBackend, Runtime } from '../routing/runtime.ts';
+import { servesOnlyAllowedModels, type CompiledBackend, type Runtime } from '../routing/runtime.ts';
 import type { RouteEntry } from '../routing/routes.ts';
 import type { TaskStore } from '../metering/tasks.ts';
 import type { EndpointState } from '../upstream/endpoint.ts';
@@ -769,7 +769,22 @@ class Proxy {
       }
     }
     if (principal) {
-      for (const e of serving) if (backendAllowed(principal, e.backend.id)) return e;
+      for (const e of serving) {
+        if (!backendAllowed(principal, e.backend.id)) continue;
+        if (model === null && !servesOnlyAllowedModels(e.backend, principal)) {
+          // The model was checked only if the gateway knows it: a body it did not read (no or another
+          // content type, chunked, multipart, too large, another method) could name any model.
+          return gatewayError(
+            403,
+            'permission_error',
+            'model_required',
+            `this tenant or key may use only some models and backend ${e.backend.id} serves others, so the gateway must know the model: ` +
+              `send the body as JSON (Content-Type: application/json) with a Content-Length of at most ${rt.settings.maxJsonPeekBytes} bytes and a "model" field, ` +
+              'or name the model in the x-gpugate-model header',
+          );
+        }
+        return e;
+      }
       return gatewayError(
         403,
         'permission_error',

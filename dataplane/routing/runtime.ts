@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { Backend, Route, Settings, Snapshot } from '../config/snapshot.ts';
 import type { Admission, CompiledAdmission } from '../admission/admission.ts';
-import type { KeyIndex } from '../auth/identify.ts';
+import { modelAllowed, type KeyIndex, type Principal } from '../auth/identify.ts';
 import { createBalancer, type Balancer } from '../upstream/balancers.ts';
 import type { BackendState, EndpointState, UpstreamRegistry } from '../upstream/endpoint.ts';
 import { BackendMonitor } from '../upstream/health.ts';
@@ -46,6 +46,30 @@ function escapeRegExp(s: string): string {
 export function taskPathPattern(template: string): RegExp {
   const [before, after] = template.split('{id}', 2) as [string, string];
   return new RegExp(`^${escapeRegExp(before)}([^/]+)${escapeRegExp(after)}$`);
+}
+
+/** An allow-list that admits only some models (empty or containing '*': every model). */
+function restricts(list: readonly string[]): boolean {
+  return list.length > 0 && !list.includes('*');
+}
+
+/**
+ * True when the principal may use every model the backend can serve: it has no model restriction
+ * (tenant and key allowedModels empty or '*'), or the backend serves only named models that are all
+ * allowed. Only then may a request whose model the gateway did not determine (a body it does not
+ * read, no x-gpugate-model header) reach the backend: a '*' backend or one also serving a forbidden
+ * model would serve whatever model the unread body names.
+ */
+export function servesOnlyAllowedModels(cb: CompiledBackend, principal: Principal): boolean {
+  if (
+    !restricts(principal.tenant.allowedModels) &&
+    !(principal.key && restricts(principal.key.allowedModels))
+  ) {
+    return true;
+  }
+  if (cb.anyModel) return false;
+  for (const m of cb.models) if (!modelAllowed(principal, m)) return false;
+  return true;
 }
 
 export class Runtime {

@@ -1,4 +1,5 @@
 // Routing, identity and error shapes through a real data plane and real upstream sockets.
+import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { DataPlane } from '../../dataplane/server.ts';
@@ -112,6 +113,102 @@ describe('routing by path and model', () => {
     const res = await post('/v1/chat/completions', chat('mistral-7b'), restricted.secret);
     expect(res.statusCode).toBe(403);
     expect(((await res.body.json()) as { error: { code: string } }).error.code).toBe('model_not_allowed');
+  });
+
+  describe('a model-restricted key and bodies the gateway does not read', () => {
+    // A body sent as a stream (no Content-Length: chunked), so the gateway never reads it.
+    const streamed = (text: string) => Readable.from([Buffer.from(text)]);
+    const send = (path: string, body: string | Readable, headers: Record<string, string>) =>
+      request(plane.url + path, {
+        method: 'POST',
+        body,
+        headers: { authorization: `Bearer ${restricted.secret}`, ...headers },
+      });
+    const reached = (up: Upstream, id: string) => up.requests.filter((q) => q.headers['x-request-id'] === id);
+
+    it('refuses an x-gpugate-model header naming a model the key may not use with 403, whatever the body', async () => {
+      const res = await send('/v1/chat/completions', streamed(chat('llama-3')), {
+        'content-type': 'application/json',
+        'x-gpugate-model': 'mistral-7b',
+        'x-request-id': 'hdr-forbidden',
+      });
+      expect(res.statusCode).toBe(403);
+      expect(((await res.body.json()) as { error: { code: string } }).error.code).toBe('model_not_allowed');
+      expect(reached(mistral, 'hdr-forbidden')).toHaveLength(0);
+      expect(reached(llama, 'hdr-forbidden')).toHaveLength(0);
+    });
+
+    it('forwards a streamed or multipart body when the x-gpugate-model header names an allowed model', async () => {
+      const chunked = await send('/v1/chat/completions', streamed(chat('llama-3')), {
+        'content-type': 'application/json',
+        'x-gpugate-model': 'llama-3',
+        'x-request-id': 'hdr-chunked',
+      });
+      expect(chunked.statusCode).toBe(200);
+      expect(((await chunked.body.json()) as { upstream: string }).upstream).toBe('llama');
+      expect(reached(llama, 'hdr-chunked')[0]?.body).toBe(chat('llama-3'));
+      // Without the header both would be refused: by path, /v1/chat goes to ns/mistral (next test).
+      const multipart = '--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nllama-3\r\n--b--\r\n';
+      const form = await send('/v1/chat/completions', multipart, {
+        'content-type': 'multipart/form-data; boundary=b',
+        'x-gpugate-model': 'llama-3',
+        'x-request-id': 'hdr-multipart',
+      });
+      expect(form.statusCode).toBe(200);
+      expect(((await form.body.json()) as { upstream: string }).upstream).toBe('llama');
+      expect(reached(llama, 'hdr-multipart')[0]?.body).toBe(multipart);
+    });
+
+    it('refuses an unread body on a backend serving any model with 403 saying how to name the model', async () => {
+      const cases: [string, string | Readable, Record<string, string>][] = [
+        ['no-ct', '{"model": "mistral-7b"}', {}],
+        ['text', '{"model": "mistral-7b"}', { 'content-type': 'text/plain' }],
+        ['chunked', streamed('{"model": "mistral-7b"}'), { 'content-type': 'application/json' }],
+        [
+          'multipart',
+          '--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nmistral-7b\r\n--b--\r\n',
+          { 'content-type': 'multipart/form-data; boundary=b' },
+        ],
+      ];
+      for (const [name, body, headers] of cases) {
+        const id = `unread-${name}`;
+        const res = await send('/v1/images/generations', body, { ...headers, 'x-request-id': id });
+        expect(res.statusCode, name).toBe(403);
+        const err = ((await res.body.json()) as { error: { type: string; code: string; message: string } })
+          .error;
+        expect(err.type).toBe('permission_error');
+        expect(err.code).toBe('model_required');
+        expect(err.message).toContain('ns/images');
+        expect(err.message).toContain('Content-Length');
+        expect(err.message).toContain('x-gpugate-model');
+        expect(reached(images, id)).toHaveLength(0);
+      }
+      // The same unread body on a path where the chosen backend also serves a forbidden model.
+      const mixed = await send('/v1/chat/completions', '{"model": "mistral-7b"}', {
+        'x-request-id': 'unread-mixed',
+      });
+      expect(mixed.statusCode).toBe(403);
+      expect(((await mixed.body.json()) as { error: { code: string } }).error.code).toBe('model_required');
+      expect(reached(mistral, 'unread-mixed')).toHaveLength(0);
+      // An unrestricted key is not affected.
+      const free = await request(plane.url + '/v1/images/generations', {
+        method: 'POST',
+        body: '{"prompt": "a cat"}',
+        headers: { authorization: `Bearer ${acme.secret}`, 'content-type': 'text/plain' },
+      });
+      expect(free.statusCode).toBe(200);
+      await free.body.dump();
+    });
+
+    it('forwards an unread body without the header to a backend whose every model the key may use', async () => {
+      // Only ns/llama (llama-3) routes /v1/completions: whatever the body names, llama-3 is all it serves.
+      const res = await send('/v1/completions', streamed('{"model": "llama-3", "prompt": "hi"}'), {
+        'x-request-id': 'unread-allowed',
+      });
+      expect(res.statusCode).toBe(200);
+      expect(((await res.body.json()) as { upstream: string }).upstream).toBe('llama');
+      expect(reached(llama, 'unread-allowed')).toHaveLength(1);
+    });
   });
 
   it('rejects missing, malformed, mistyped, unknown, disabled and expired keys with 401 naming which', async () => {
