@@ -6,10 +6,11 @@
 // Verifiers are built when a snapshot is compiled; remote key sets live in a JwksCache that
 // outlives snapshots, so a swap never refetches keys.
 import {
-  createRemoteJWKSet,
+  createLocalJWKSet,
   decodeJwt,
   errors,
   jwtVerify,
+  type JSONWebKeySet,
   type JWTPayload,
   type JWTVerifyGetKey,
 } from 'jose';
@@ -24,9 +25,16 @@ export interface JwksOptions {
   cacheMaxAgeMs: number;
   /** Timeout of one JWKS fetch. */
   timeoutMs: number;
+  /** The clock (ms) the cooldown and cache age are measured with; Date.now unless a test controls time. */
+  now: () => number;
 }
 
-export const DEFAULT_JWKS: JwksOptions = { cooldownMs: 30_000, cacheMaxAgeMs: 600_000, timeoutMs: 5_000 };
+export const DEFAULT_JWKS: JwksOptions = {
+  cooldownMs: 30_000,
+  cacheMaxAgeMs: 600_000,
+  timeoutMs: 5_000,
+  now: () => Date.now(),
+};
 
 /** Accepted from a JWKS: asymmetric signatures only. */
 const ASYMMETRIC = [
@@ -44,7 +52,75 @@ const ASYMMETRIC = [
 ];
 const HMAC = ['HS256'];
 
-/** Remote key sets by URL; jose caches the keys and bounds refetches on unknown kids (cooldown). */
+/**
+ * One issuer's key set, fetched from its URL (jose's local key set over the fetched keys). What
+ * jose's createRemoteJWKSet does, with the clock injectable: fetched on first use and again after
+ * cacheMaxAgeMs; an unknown kid refetches only when the last fetch is at least cooldownMs old;
+ * concurrent callers share one fetch. Failures keep jose's errors (JWKSTimeout, a generic JOSEError
+ * for a status other than 200 or a body that is not JSON, fetch's TypeError when unreachable).
+ */
+class RemoteKeySet {
+  readonly #url: string;
+  readonly #options: JwksOptions;
+  #local: ReturnType<typeof createLocalJWKSet> | null = null;
+  #fetchedAt = 0;
+  #pending: Promise<void> | null = null;
+
+  constructor(url: string, options: JwksOptions) {
+    this.#url = new URL(url).href;
+    this.#options = options;
+  }
+
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    const { now, cacheMaxAgeMs, cooldownMs } = this.#options;
+    let local = this.#local;
+    if (local === null || now() - this.#fetchedAt >= cacheMaxAgeMs) local = await this.#reload();
+    try {
+      return await local(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey) || now() - this.#fetchedAt < cooldownMs) throw err;
+      return (await this.#reload())(header, token);
+    }
+  };
+
+  async #reload(): Promise<ReturnType<typeof createLocalJWKSet>> {
+    this.#pending ??= this.#fetch().finally(() => {
+      this.#pending = null;
+    });
+    await this.#pending;
+    return this.#local as ReturnType<typeof createLocalJWKSet>;
+  }
+
+  async #fetch(): Promise<void> {
+    let response: Response;
+    try {
+      response = await fetch(this.#url, {
+        method: 'GET',
+        redirect: 'manual',
+        signal: AbortSignal.timeout(this.#options.timeoutMs),
+        headers: { accept: 'application/json, application/jwk-set+json' },
+      });
+    } catch (err) {
+      throw err instanceof Error && err.name === 'TimeoutError'
+        ? new errors.JWKSTimeout(undefined, { cause: err })
+        : err;
+    }
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new errors.JOSEError('Expected 200 OK from the JSON Web Key Set HTTP response');
+    }
+    let json: unknown;
+    try {
+      json = await response.json();
+    } catch (cause) {
+      throw new errors.JOSEError('Failed to parse the JSON Web Key Set HTTP response as JSON', { cause });
+    }
+    this.#local = createLocalJWKSet(json as JSONWebKeySet); // JWKSInvalid when it is not a key set
+    this.#fetchedAt = this.#options.now();
+  }
+}
+
+/** Remote key sets by URL; each caches its keys and bounds refetches on unknown kids (cooldown). */
 export class JwksCache {
   readonly #sets = new Map<string, JWTVerifyGetKey>();
   readonly #options: JwksOptions;
@@ -56,11 +132,7 @@ export class JwksCache {
   get(url: string): JWTVerifyGetKey {
     let set = this.#sets.get(url);
     if (!set) {
-      set = createRemoteJWKSet(new URL(url), {
-        cooldownDuration: this.#options.cooldownMs,
-        cacheMaxAge: this.#options.cacheMaxAgeMs,
-        timeoutDuration: this.#options.timeoutMs,
-      });
+      set = new RemoteKeySet(url, this.#options).getKey;
       this.#sets.set(url, set);
     }
     return set;

@@ -20,7 +20,7 @@ import {
 const ISSUER = 'https://idp.test/realms/acme';
 const HS_ISSUER = 'https://hs.test';
 const HS_SECRET = 'a-shared-secret-of-reasonable-length-0123456789';
-const COOLDOWN_MS = 300;
+const COOLDOWN_MS = 30_000;
 
 type KeyPair = Awaited<ReturnType<typeof generateKeyPair>>;
 
@@ -30,6 +30,8 @@ describe('JWT identity per tenant', () => {
   let jwksServer: Server;
   let jwksUrl = '';
   let jwksFetches = 0;
+  /** The key sets' clock (ms): moved only by the tests. */
+  let clock = 1_000_000;
   let published: JWK[] = [];
   let k1: KeyPair;
   let k2: KeyPair;
@@ -42,7 +44,11 @@ describe('JWT identity per tenant', () => {
     k1 = await generateKeyPair('RS256', { extractable: true });
     k2 = await generateKeyPair('RS256', { extractable: true });
     published = [await publicJwk(k1, 'kid-1')];
-    jwksServer = createServer((_req, res) => {
+    jwksServer = createServer((req, res) => {
+      if (req.url === '/broken.json') {
+        res.writeHead(500).end('down');
+        return;
+      }
       jwksFetches++;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ keys: published }));
@@ -50,7 +56,7 @@ describe('JWT identity per tenant', () => {
     await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', () => r()));
     jwksUrl = `http://127.0.0.1:${(jwksServer.address() as AddressInfo).port}/jwks.json`;
     up = await startUpstream('up');
-    plane = await startPlane({ jwks: { cooldownMs: COOLDOWN_MS } });
+    plane = await startPlane({ jwks: { cooldownMs: COOLDOWN_MS, now: () => clock } });
     const result = plane.applySnapshot(
       snapshot({
         backends: [backend('ns/llm', [up.url])],
@@ -62,6 +68,24 @@ describe('JWT identity per tenant', () => {
               jwksUrl,
               subjectClaim: 'sub',
               userNameClaim: 'preferred_username',
+            },
+          }),
+          tenant('idp-down', {
+            jwt: {
+              issuer: 'https://down.test',
+              audiences: [],
+              jwksUrl: jwksUrl.replace('/jwks.json', '/broken.json'),
+              subjectClaim: 'sub',
+              userNameClaim: 'name',
+            },
+          }),
+          tenant('idp-gone', {
+            jwt: {
+              issuer: 'https://gone.test',
+              audiences: [],
+              jwksUrl: 'http://127.0.0.1:1/jwks.json',
+              subjectClaim: 'sub',
+              userNameClaim: 'name',
             },
           }),
           tenant('hs', {
@@ -131,23 +155,50 @@ describe('JWT identity per tenant', () => {
   });
 
   it('follows a key rotation to a new kid after the refetch cooldown, and bounds refetches for unknown kids', async () => {
+    // The key sets run on the test's clock: time passes only when the test moves it, however slowly the
+    // machine runs, so fetch counts are exact.
     published = [await publicJwk(k1, 'kid-1'), await publicJwk(k2, 'kid-2')];
-    await new Promise((r) => setTimeout(r, COOLDOWN_MS + 50));
     const fetchesBefore = jwksFetches;
+    // kid-2 is unknown to the cached set; the last fetch is younger than the cooldown: no refetch.
+    clock += COOLDOWN_MS - 1;
+    expect(await call(await rs(k2, 'kid-2'))).toMatchObject({ status: 401, code: 'invalid_token' });
+    expect(jwksFetches).toBe(fetchesBefore);
+    // Once the cooldown has passed, the unknown kid refetches the set once and verifies.
+    clock += 1;
     expect((await call(await rs(k2, 'kid-2'))).status).toBe(200);
     expect(jwksFetches).toBe(fetchesBefore + 1);
     // Old key retired: tokens signed with it stop verifying once the set is refetched.
     published = [await publicJwk(k2, 'kid-2')];
-    // A flood of unknown kids within one cooldown costs at most one more fetch.
-    const flood = await Promise.all(
-      Array.from({ length: 30 }, async (_, i) => call(await rs(k1, `unknown-${i}`))),
-    );
-    for (const r of flood) {
-      expect(r.status).toBe(401);
-      expect(r.code).toBe('invalid_token');
-    }
-    expect(jwksFetches - fetchesBefore).toBeLessThanOrEqual(2);
+    // A flood of unknown kids within one cooldown costs no fetch at all.
+    const flood = async () => {
+      const answers = await Promise.all(
+        Array.from({ length: 30 }, async (_, i) => call(await rs(k1, `unknown-${i}`))),
+      );
+      for (const r of answers) expect(r).toMatchObject({ status: 401, code: 'invalid_token' });
+    };
+    clock += COOLDOWN_MS - 1;
+    await flood();
+    expect(jwksFetches).toBe(fetchesBefore + 1);
+    // After the cooldown, a flood costs exactly one fetch (concurrent misses share it, later ones are
+    // within the new cooldown); that fetch retires kid-1.
+    clock += 1;
+    await flood();
+    expect(jwksFetches).toBe(fetchesBefore + 2);
+    expect(await call(await rs(k1, 'kid-1'))).toMatchObject({ status: 401, code: 'invalid_token' });
     expect((await call(await rs(k2, 'kid-2'))).status).toBe(200);
+    expect(jwksFetches).toBe(fetchesBefore + 2);
+  });
+
+  it('answers 503 jwks_unavailable when the key set answers other than 200 or cannot be reached', async () => {
+    for (const issuer of ['https://down.test', 'https://gone.test']) {
+      const token = await new SignJWT({})
+        .setProtectedHeader({ alg: 'RS256', kid: 'kid-1' })
+        .setIssuer(issuer)
+        .setSubject('u')
+        .setExpirationTime('5m')
+        .sign(k1.privateKey);
+      expect(await call(token), issuer).toMatchObject({ status: 503, code: 'jwks_unavailable' });
+    }
   });
 
   it('refuses an expired token beyond the clock skew, accepts one within it, and refuses a token not yet valid', async () => {
