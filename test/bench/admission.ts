@@ -12,8 +12,6 @@
 // 2. With --keys keys loaded: heap growth of applying that snapshot (after GC, input dropped), and
 //    the cost of one authentication (checksum, SHA-256, lookup) with 10 keys vs that many keys.
 import { fork, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import type { IncomingMessage } from 'node:http';
 import { pino } from 'pino';
@@ -23,6 +21,7 @@ import type { ApiKey, Snapshot } from '../../dataplane/config/snapshot.ts';
 import type { ApplyResult } from '../../dataplane/admin/admin.ts';
 import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
 import { apiKey, backend, snapshot, tenant } from '../dataplane/harness.ts';
+import { closedLoop, startFixedUpstream } from './load.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -85,17 +84,8 @@ async function main(): Promise<void> {
   const rounds = Number(args.rounds);
   const connections = Number(args.connections);
   const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hello' }], max_tokens: 16 });
-  const answer = JSON.stringify({ id: 'x', choices: [], usage: { prompt_tokens: 5, completion_tokens: 16 } });
-  const upstream = createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
-      res.end(answer);
-    });
-  });
-  upstream.keepAliveTimeout = 60_000;
-  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
-  const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+  const upstream = await startFixedUpstream();
+  const upstreamUrl = upstream.url;
   const k = apiKey('bench', { limits: HIGH });
 
   const child: ChildProcess = fork(
@@ -125,19 +115,7 @@ async function main(): Promise<void> {
     ms: number,
   ): Promise<{ rate: number; cpuUs: number }> {
     const cpu0 = await planeCpu();
-    const end = performance.now() + ms;
-    let done = 0;
-    let failed = 0;
-    await Promise.all(
-      Array.from({ length: connections }, async () => {
-        while (performance.now() < end) {
-          const res = await pool.request({ path, method: 'POST', headers, body });
-          await res.body.dump();
-          if (res.statusCode === 200) done++;
-          else failed++;
-        }
-      }),
-    );
+    const { ok: done, failed } = await closedLoop(pool, { path, headers, body }, connections, ms);
     if (failed > 0) throw new Error(`${failed} requests failed on ${path}`);
     return { rate: done / (ms / 1000), cpuUs: ((await planeCpu()) - cpu0) / done };
   }
@@ -169,7 +147,6 @@ async function main(): Promise<void> {
   await pool.close();
   child.send('stop');
   await new Promise((r) => child.once('exit', r));
-  upstream.closeAllConnections();
   upstream.close();
 
   await keysAtScale(Number(args.keys));

@@ -3,11 +3,14 @@
 // route cost), LeastRequest with an in-flight limit and wait queue, active health checks, retries,
 // timeouts, pricing (credits in every usage event), the backend header. Usage: tsx test/bench/bench-snapshot.ts <upstream-url> <out.json> <key-file>
 import { writeFileSync } from 'node:fs';
+import type { Tenant } from '../../dataplane/config/snapshot.ts';
 import { apiKey, backend, snapshot, tenant } from '../dataplane/harness.ts';
 
 export function benchSnapshot(
   upstreamUrls: string | readonly string[],
   policy: 'RoundRobin' | 'LeastRequest' | 'QueueAware' = 'LeastRequest',
+  /** A quota on the tenant (enforced when the data plane has a quota manager). */
+  quota: Tenant['quota'] = null,
 ) {
   const key = apiKey('bench');
   const snap = snapshot({
@@ -38,7 +41,7 @@ export function benchSnapshot(
         maxRequestBytes: 4 * 1024 * 1024 * 1024,
       }),
     ],
-    tenants: [tenant('bench')],
+    tenants: [tenant('bench', { quota })],
     keys: [key.key],
   });
   return { snapshot: snap, secret: key.secret };

@@ -7,6 +7,8 @@ import { join, resolve } from 'node:path';
 
 export interface GatewayProcess {
   url: string;
+  /** Admin API (token `bench`): /metrics. */
+  adminUrl: string;
   key: string;
   pid: number;
   /** Resident set now and its peak so far (VmRSS, VmHWM), in bytes. */
@@ -16,7 +18,12 @@ export interface GatewayProcess {
 
 export async function startGateway(
   upstreamUrls: string | readonly string[],
-  opts: { policy?: 'RoundRobin' | 'LeastRequest' | 'QueueAware'; scrapeMs?: number } = {},
+  opts: {
+    policy?: 'RoundRobin' | 'LeastRequest' | 'QueueAware';
+    scrapeMs?: number;
+    /** GPUGATE_BENCH_METERING for the runner: `none`, or a Postgres URL (default: a counting sink). */
+    metering?: string;
+  } = {},
 ): Promise<GatewayProcess> {
   const root = resolve(import.meta.dirname, '..', '..');
   const dir = mkdtempSync(join(tmpdir(), 'gpugate-gw-'));
@@ -34,20 +41,22 @@ export async function startGateway(
     {
       cwd: root,
       stdio: ['ignore', 'pipe', 'inherit'],
+      ...(opts.metering ? { env: { ...process.env, GPUGATE_BENCH_METERING: opts.metering } } : {}),
     },
   );
-  const url = await new Promise<string>((res, rej) => {
+  const [url, adminUrl] = await new Promise<[string, string]>((res, rej) => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /ready (\S+)/.exec(out);
-      if (m) res(m[1] as string);
+      const m = /ready (\S+) admin (\S+)\n/.exec(out);
+      if (m) res([m[1] as string, m[2] as string]);
     });
     child.once('exit', (code) => rej(new Error(`gateway exited with ${code}`)));
   });
   const pid = child.pid as number;
   return {
     url,
+    adminUrl,
     key: readFileSync(keyFile, 'utf8'),
     pid,
     memory() {

@@ -1,11 +1,18 @@
 // Runs gpugate for the proxy benchmark with every request-path feature on: API-key identity, model
 // peek from the JSON body, route table, LeastRequest with an in-flight limit and queue, active
 // health checks, retries, timeouts, Prometheus metrics, the backend header, and one usage event per
-// request into a sink (counting only: the Postgres writer has its own benchmark).
+// request into a sink: by default one that only counts (the Postgres writer has its own benchmark).
+// GPUGATE_BENCH_METERING: `none` for no sink at all; a Postgres URL for the real metering path: the
+// batching writer (createMeteringWriter) and the quota manager on one pool of 4, and a quota on the
+// bench tenant high enough never to refuse (test/bench/metered.ts).
 // Usage: node test/bench/gpugate-runner.ts <port> <upstream-url>[,<url>...] <key-file> [policy] [scrape-ms]
 import { writeFileSync } from 'node:fs';
+import pg from 'pg';
 import { pino } from 'pino';
-import type { UsageEvent } from '../../dataplane/metering/usage.ts';
+import { Registry } from 'prom-client';
+import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/quota.ts';
+import type { UsageEvent, UsageSink } from '../../dataplane/metering/usage.ts';
+import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import { createDataPlane } from '../../dataplane/server.ts';
 import { benchSnapshot } from './bench-snapshot.ts';
 
@@ -15,14 +22,23 @@ if (!port || !upstream || !keyFile)
 
 let events = 0;
 let tokens = 0;
-const plane = await createDataPlane({
-  logger: pino({ level: 'warn' }),
-  usageSink: {
-    record(e: UsageEvent) {
-      events++;
-      tokens += e.inputTokens + e.outputTokens;
-    },
+const metering = process.env.GPUGATE_BENCH_METERING;
+const logger = pino({ level: 'warn' });
+const registry = new Registry();
+const pool = metering && metering !== 'none' ? new pg.Pool({ connectionString: metering, max: 4 }) : null;
+const writer: MeteringWriter | null = pool ? createMeteringWriter({ pool, registry, logger }) : null;
+const quota: QuotaManager | null = pool ? createQuotaManager({ pool, registry, logger }) : null;
+const counting: UsageSink = {
+  record(e: UsageEvent) {
+    events++;
+    tokens += e.inputTokens + e.outputTokens;
   },
+};
+const plane = await createDataPlane({
+  logger,
+  registry,
+  ...(metering === 'none' ? {} : { usageSink: writer ?? counting }),
+  ...(quota ? { quota } : {}),
   listen: { host: '127.0.0.1', port: Number(port) },
   admin: { host: '127.0.0.1', port: 0, token: 'bench' },
   scrapeIntervalMs: scrapeMs ? Number(scrapeMs) : 1000,
@@ -30,6 +46,7 @@ const plane = await createDataPlane({
 const { snapshot, secret } = benchSnapshot(
   upstream.split(','),
   (policy ?? 'LeastRequest') as 'RoundRobin' | 'LeastRequest' | 'QueueAware',
+  quota ? { credits: 1e15, period: 'Monthly' } : null,
 );
 const result = plane.applySnapshot(snapshot);
 if (!result.accepted) throw new Error(`bench snapshot refused: ${JSON.stringify(result.problems)}`);
@@ -37,5 +54,12 @@ writeFileSync(keyFile, secret);
 process.stdout.write(`ready ${plane.url} admin ${plane.adminUrl}\n`);
 process.on('SIGTERM', () => {
   process.stdout.write(`usage events ${events} tokens ${tokens}\n`);
-  void plane.close({ drainMs: 1000 }).then(() => process.exit(0));
+  void plane
+    .close({ drainMs: 1000 })
+    .then(async () => {
+      await quota?.close();
+      await writer?.flushAndClose();
+      await pool?.end();
+    })
+    .then(() => process.exit(0));
 });

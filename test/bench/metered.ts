@@ -1,0 +1,164 @@
+// Metered vs unmetered data-plane throughput, in one run. Not a test: numbers go to docs/benchmarks.md.
+//
+//   node test/bench/metered.ts [--seconds 5] [--rounds 3] [--connections 32] [--warmup-seconds 3]
+//
+// Two gpugate processes (test/bench/gateway-process.ts, gpugate-runner.ts: every request-path feature
+// on) in front of the same fixed-answer upstream, loaded by the same closed-loop generator
+// (test/bench/load.ts) one after the other, rounds alternating to spread drift:
+//   unmetered: no usage sink, no quota manager;
+//   metered:   the batching writer (createMeteringWriter) into real Postgres and the quota manager on, with
+//              a quota on the tenant high enough never to refuse, so every request is admitted against a
+//              lease and settled, and every answer is one usage event.
+// Postgres: DATABASE_URL when set, else an embedded server with durable settings (fsync and
+// synchronous_commit on). Prints req/s per round, the gateway's CPU time per request, the two ratios
+// (throughput metered ÷ unmetered, summed; CPU per request unmetered ÷ metered, medians), and, from the
+// metered gateway's /metrics, events written per flush (one INSERT statement, one round trip), failed
+// flushes, drops and quota lease statements. At the end the stored usage events are counted against the
+// 200s the metered gateway served.
+import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { Pool } from 'undici';
+import { migrate } from '../../dataplane/metering/migrate.ts';
+import { startEmbeddedPostgres, type EmbeddedPostgresServer } from '../../operator/standalone/postgres.ts';
+import { startGateway, type GatewayProcess } from './gateway-process.ts';
+import { closedLoop, startFixedUpstream } from './load.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '3' },
+    connections: { type: 'string', default: '32' },
+    'warmup-seconds': { type: 'string', default: '3' },
+  },
+});
+const seconds = Number(args.seconds);
+const rounds = Number(args.rounds);
+const connections = Number(args.connections);
+const body = JSON.stringify({
+  model: 'bench-model',
+  messages: [{ role: 'user', content: 'hello' }],
+  max_tokens: 16,
+});
+
+/** User + system CPU time of a process so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
+async function cpuUs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** Sum of every sample of the named series on the gateway's /metrics. */
+async function metric(gw: GatewayProcess, name: string): Promise<number> {
+  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`))
+      sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+interface Round {
+  rate: number;
+  cpuUsPerReq: number;
+  ok: number;
+}
+
+async function main(): Promise<void> {
+  let server: EmbeddedPostgresServer | undefined;
+  let dir: string | undefined;
+  let url = process.env.DATABASE_URL;
+  if (!url) {
+    dir = await mkdtemp(join(tmpdir(), 'gpugate-bench-pg-'));
+    await chmod(dir, 0o755);
+    server = await startEmbeddedPostgres({ dataDir: join(dir, 'data') });
+    url = server.url;
+  }
+  const db = new pg.Pool({ connectionString: url, max: 1 });
+  const upstream = await startFixedUpstream();
+  const gateways: GatewayProcess[] = [];
+  try {
+    await migrate(db);
+    await db.query('TRUNCATE usage_events, usage_daily');
+    const version = (await db.query<{ server_version: string }>('SHOW server_version')).rows[0]!
+      .server_version;
+    console.log(
+      `metered vs unmetered: Postgres ${version}, ${cpus().length} cores, ${cpus()[0]?.model ?? ''}; ` +
+        `${rounds} rounds of ${seconds} s, ${connections} connections`,
+    );
+    const off = await startGateway(upstream.url, { metering: 'none' });
+    gateways.push(off);
+    const on = await startGateway(upstream.url, { metering: url });
+    gateways.push(on);
+
+    let meteredOk = 0;
+    async function load(gw: GatewayProcess, ms: number): Promise<Round> {
+      const pool = new Pool(gw.url, { connections, pipelining: 1 });
+      const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
+      const cpu0 = await cpuUs(gw.pid);
+      const { ok, failed } = await closedLoop(
+        pool,
+        { path: '/v1/chat/completions', headers, body },
+        connections,
+        ms,
+      );
+      const cpu = (await cpuUs(gw.pid)) - cpu0;
+      await pool.close();
+      if (failed > 0) throw new Error(`${failed} requests failed`);
+      if (gw === on) meteredOk += ok;
+      return { rate: ok / (ms / 1000), cpuUsPerReq: cpu / ok, ok };
+    }
+
+    // Warm-up (JIT, connections, the first quota lease and partition DDL), not counted.
+    const warmupMs = Number(args['warmup-seconds']) * 1000;
+    await load(off, warmupMs);
+    await load(on, warmupMs);
+    const offRuns: Round[] = [];
+    const onRuns: Round[] = [];
+    const trips: string[] = [];
+    for (let i = 0; i < rounds; i++) {
+      offRuns.push(await load(off, seconds * 1000));
+      const written0 = await metric(on, 'gpugate_metering_written_events_total');
+      const flushes0 = await metric(on, 'gpugate_metering_flush_duration_seconds_count');
+      const r = await load(on, seconds * 1000);
+      onRuns.push(r);
+      // Events this round's flushes wrote; the buffer at the end goes to the next round's count.
+      const written = (await metric(on, 'gpugate_metering_written_events_total')) - written0;
+      const flushes = (await metric(on, 'gpugate_metering_flush_duration_seconds_count')) - flushes0;
+      trips.push(`${(written / flushes).toFixed(0)} (${written} events, ${flushes} flushes)`);
+    }
+    const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+    const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;
+    const show = (runs: Round[]) =>
+      `${runs.map((r) => r.rate.toFixed(0)).join(', ')} req/s; gateway CPU ${runs.map((r) => r.cpuUsPerReq.toFixed(0)).join(', ')} µs/req`;
+    console.log(`unmetered (no sink, no quota):        ${show(offRuns)}`);
+    console.log(`metered (writer + quota on Postgres): ${show(onRuns)}`);
+    console.log(
+      `throughput ratio metered/unmetered (sums): ${(sum(onRuns.map((r) => r.rate)) / sum(offRuns.map((r) => r.rate))).toFixed(3)}`,
+    );
+    console.log(
+      `capacity ratio (median gateway CPU per request, unmetered ÷ metered): ${(median(offRuns.map((r) => r.cpuUsPerReq)) / median(onRuns.map((r) => r.cpuUsPerReq))).toFixed(3)}`,
+    );
+    console.log(`events per flush (one INSERT, one round trip) per metered round: ${trips.join('; ')}`);
+    console.log(
+      `flush failures ${await metric(on, 'gpugate_metering_flush_failures_total')}, dropped events ` +
+        `${await metric(on, 'gpugate_metering_dropped_events_total')}, quota lease statements ` +
+        `${await metric(on, 'gpugate_quota_lease_requests_total')}, quota refusals ${await metric(on, 'gpugate_quota_refusals_total')}`,
+    );
+    await on.stop(); // flushes what is buffered
+    gateways.pop();
+    const stored = (await db.query<{ n: string }>('SELECT count(*)::text AS n FROM usage_events')).rows[0]!.n;
+    console.log(`usage events stored ${stored} for ${meteredOk} metered 200s`);
+  } finally {
+    for (const gw of gateways) await gw.stop();
+    upstream.close();
+    await db.end();
+    await server?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
