@@ -9,13 +9,13 @@
 // first and the operator waits until all of it is in the snapshot; then each trial applies one key and
 // polls the data plane every 5 ms with it. The operator and the data plane are child processes; the
 // data plane forwards to a GPU simulator on loopback.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { runKubectl, type ClusterInfo } from '../cluster/cluster.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
+import { root, startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +36,6 @@ if (!existsSync(record)) {
 }
 const info = JSON.parse(readFileSync(record, 'utf8')) as ClusterInfo;
 const kubectl = (args: string[], input?: string) => runKubectl(info.kubectl, kubeconfig, args, input);
-const root = resolve(import.meta.dirname, '..', '..');
 const TOKEN = 'bench-push-token';
 const MODEL = 'sim-llama-8b';
 const [trials, nBackends, nTenants, nKeys] = [
@@ -45,32 +44,6 @@ const [trials, nBackends, nTenants, nKeys] = [
   values.tenants,
   values.keys,
 ].map(Number) as [number, number, number, number];
-
-function proc(
-  script: string,
-  args: string[],
-  env: Record<string, string>,
-): { child: ChildProcess; wait(msg: string): Promise<Record<string, unknown>> } {
-  const child = spawn(process.execPath, [script, ...args], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LOG_LEVEL: 'info', ...env },
-  });
-  let log = '';
-  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  return {
-    child,
-    async wait(msg) {
-      for (;;) {
-        const line = log.split('\n').find((l) => l.includes(`"msg":"${msg}"`));
-        if (line) return JSON.parse(line) as Record<string, unknown>;
-        if (child.exitCode !== null) throw new Error(`${script} exited:\n${log.slice(-3000)}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
-  };
-}
 
 async function status(url: string, key: string): Promise<number> {
   const res = await request(`${url}/v1/chat/completions`, {
@@ -132,24 +105,8 @@ async function main(): Promise<void> {
     `preload applied: ${nBackends} backends, ${nTenants} tenants, ${nKeys} keys in ${Date.now() - t} ms`,
   );
 
-  const dp = proc(
-    'dataplane/main.ts',
-    [
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--admin-host',
-      '127.0.0.1',
-      '--admin-port',
-      '0',
-      '--drain-ms',
-      '0',
-    ],
-    { GPUGATE_PUSH_TOKEN: TOKEN, LOG_LEVEL: 'info' },
-  );
-  const dpInfo = await dp.wait('data plane listening');
-  const op = proc(
+  const dp = await startDataPlaneProcess({ token: TOKEN });
+  const op = startProcess(
     'operator/main.ts',
     [
       '--namespace',
@@ -161,7 +118,7 @@ async function main(): Promise<void> {
       '--listen',
       '127.0.0.1:0',
       '--dataplane-url',
-      dpInfo.adminUrl as string,
+      dp.adminUrl,
     ],
     { KUBECONFIG: kubeconfig, LOG_LEVEL: 'warn' },
   );
@@ -174,7 +131,7 @@ async function main(): Promise<void> {
         data: { key: string };
       };
       const lastKey = Buffer.from(s.data.key, 'base64').toString('utf8');
-      if ((await status(dpInfo.url as string, lastKey)) === 200) break;
+      if ((await status(dp.url, lastKey)) === 200) break;
     } catch {
       /* not yet */
     }
@@ -211,7 +168,7 @@ async function main(): Promise<void> {
           continue;
         }
       }
-      if ((await status(dpInfo.url as string, key)) === 200) break;
+      if ((await status(dp.url, key)) === 200) break;
       await new Promise((r) => setTimeout(r, 5));
     }
     latencies.push(Date.now() - started);

@@ -24,12 +24,8 @@ import { apiKey, backend, chat, quietLogger, snapshot, tenant } from '../datapla
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
 import { kubectl, newNamespace } from '../cluster/harness.ts';
-import {
-  installCrds,
-  operatorServiceAccount,
-  startOperatorProcess,
-  type Proc,
-} from '../cluster/operator-helpers.ts';
+import { installCrds, operatorServiceAccount, startOperatorProcess } from '../cluster/operator-helpers.ts';
+import type { Proc } from '../fixtures/processes.ts';
 import { CHART } from './helm.ts';
 
 /**

@@ -15,7 +15,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
 import { kubeconfigForServiceAccount, kubectl, newNamespace, waitUntil } from '../cluster/harness.ts';
-import { condition, getJson, secretValue, startProcess, type Proc } from '../cluster/operator-helpers.ts';
+import { condition, getJson, secretValue } from '../cluster/operator-helpers.ts';
+import {
+  startDataPlaneProcess,
+  startProcess,
+  type DataPlaneProcess,
+  type Proc,
+} from '../fixtures/processes.ts';
 import { CHART, helm } from './helm.ts';
 
 const MODEL = 'sim-chart-8b';
@@ -42,7 +48,7 @@ describe('the chart installed, with the operator from source as its service acco
   let ns: string;
   let db: TestDatabase;
   let sim: Simulator;
-  let dataPlane: Proc & { url: string; adminUrl: string };
+  let dataPlane: DataPlaneProcess;
   let operator: Proc;
 
   /** A container's environment as the kubelet would resolve it (literal values, fieldRefs, Secrets). */
@@ -99,13 +105,8 @@ describe('the chart installed, with the operator from source as its service acco
     writeFileSync(tokenFile, await secretValue(ns, 'gpugate-push-token', 'token'), { mode: 0o600 });
     dpEnv.GPUGATE_PUSH_TOKEN_FILE = tokenFile;
     expect(dp.c.command).toEqual(['node', 'dataplane/main.ts']);
-    const d = startProcess(
-      'dataplane/main.ts',
-      ['--host', '127.0.0.1', '--port', '0', '--admin-host', '127.0.0.1', '--admin-port', '0'],
-      { ...dpEnv, GPUGATE_DRAIN_MS: '0' },
-    );
-    const l = await d.waitFor('data plane listening', 60_000);
-    dataPlane = Object.assign(d, { url: l.url as string, adminUrl: l.adminUrl as string });
+    // --drain-ms 0 (the fixture's) wins over the chart's GPUGATE_DRAIN_MS.
+    dataPlane = await startDataPlaneProcess({ env: dpEnv, timeoutMs: 60_000 });
 
     // The operator: the chart's command, args and env, as the chart's ServiceAccount.
     const op = await container('gpugate-operator');

@@ -1,61 +1,11 @@
-// Helpers of the operator suites: the operator and the data plane as child processes (node <main.ts>),
-// the operator's RBAC bound to its own service account, and small kubectl wrappers.
-import { spawn, type ChildProcess } from 'node:child_process';
+// Helpers of the operator suites: the operator as a child process (node operator/main.ts; the data plane's
+// is in test/fixtures/processes.ts), the operator's RBAC bound to its own service account, and small
+// kubectl wrappers.
 import { resolve } from 'node:path';
 import { request } from 'undici';
 import { rbacWithBindings } from '../../operator/rbac/rules.ts';
-import { kubeconfigForServiceAccount, kubectl, waitUntil } from './harness.ts';
-
-export const root = resolve(import.meta.dirname, '..', '..');
-
-export interface Proc {
-  child: ChildProcess;
-  log(): string;
-  /** The first JSON log line with this msg. */
-  line(msg: string): Record<string, unknown> | undefined;
-  waitFor(msg: string, timeoutMs?: number): Promise<Record<string, unknown>>;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-}
-
-export function startProcess(script: string, args: string[], env: Record<string, string> = {}): Proc {
-  const child = spawn(process.execPath, [script, ...args], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, LOG_LEVEL: 'info', ...env },
-  });
-  let log = '';
-  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const line = (msg: string) => {
-    for (const l of log.split('\n')) {
-      if (!l.includes(`"msg":${JSON.stringify(msg)}`)) continue;
-      try {
-        return JSON.parse(l) as Record<string, unknown>;
-      } catch {
-        /* partial line */
-      }
-    }
-    return undefined;
-  };
-  return {
-    child,
-    log: () => log,
-    line,
-    waitFor: (msg, timeoutMs = 30_000) =>
-      waitUntil(`${script} to log ${JSON.stringify(msg)}`, async () => line(msg), timeoutMs).catch(
-        (err: Error) => {
-          throw new Error(`${err.message}\n--- log ---\n${log.slice(-4000)}`);
-        },
-      ),
-    async kill(signal = 'SIGTERM') {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill(signal);
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-  };
-}
+import { root, startProcess, type Proc } from '../fixtures/processes.ts';
+import { kubeconfigForServiceAccount, kubectl } from './harness.ts';
 
 /** Binds the operator's rules (operator/rbac/rules.ts) to `<ns>/gpugate-operator`; returns its kubeconfig. */
 export async function operatorServiceAccount(ns: string): Promise<string> {
@@ -105,31 +55,6 @@ export async function startOperatorProcess(a: OperatorArgs): Promise<Proc & { ur
   );
   const listening = await p.waitFor('operator listening');
   return Object.assign(p, { url: listening.url as string });
-}
-
-export async function startDataPlaneProcess(
-  token: string,
-  extra: string[] = [],
-): Promise<Proc & { url: string; adminUrl: string }> {
-  const p = startProcess(
-    'dataplane/main.ts',
-    [
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--admin-host',
-      '127.0.0.1',
-      '--admin-port',
-      '0',
-      '--drain-ms',
-      '0',
-      ...extra,
-    ],
-    { GPUGATE_PUSH_TOKEN: token },
-  );
-  const l = await p.waitFor('data plane listening');
-  return Object.assign(p, { url: l.url as string, adminUrl: l.adminUrl as string });
 }
 
 export async function chatStatus(gatewayUrl: string, key: string, model: string): Promise<number> {

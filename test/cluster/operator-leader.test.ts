@@ -2,6 +2,7 @@
 // other takes the Lease over and pushes the next change; the follower serves the current snapshot throughout.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, newNamespace, waitUntil } from './harness.ts';
 import {
   chatStatus,
@@ -9,9 +10,7 @@ import {
   installCrds,
   operatorServiceAccount,
   secretValue,
-  startDataPlaneProcess,
   startOperatorProcess,
-  type Proc,
 } from './operator-helpers.ts';
 
 const TOKEN = 'leader-test-push-token';
@@ -20,7 +19,7 @@ const MODEL = 'sim-llama-8b';
 describe('operator leader election', () => {
   let ns: string;
   let sim: Simulator;
-  let dataPlane: Proc & { url: string; adminUrl: string };
+  let dataPlane: DataPlaneProcess;
   const operators: (Proc & { url: string })[] = [];
   const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
 
@@ -36,7 +35,7 @@ describe('operator leader election', () => {
       models: [MODEL],
       decodeMsPerToken: 1,
     });
-    dataPlane = await startDataPlaneProcess(TOKEN);
+    dataPlane = await startDataPlaneProcess({ token: TOKEN });
     await apply(`
 apiVersion: gpugate.io/v1alpha1
 kind: GpuBackend

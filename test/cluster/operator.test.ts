@@ -5,6 +5,7 @@
 // EndpointSlices), and from there to a GPU simulator named by a static endpoint.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, newNamespace, waitUntil } from './harness.ts';
 import {
   chatStatus,
@@ -13,9 +14,7 @@ import {
   installCrds,
   operatorServiceAccount,
   secretValue,
-  startDataPlaneProcess,
   startOperatorProcess,
-  type Proc,
 } from './operator-helpers.ts';
 
 const TOKEN = 'operator-test-push-token';
@@ -39,7 +38,7 @@ describe('operator', () => {
   let ns: string;
   let kubeconfig: string;
   let sim: Simulator;
-  let dataPlane: Proc & { url: string; adminUrl: string };
+  let dataPlane: DataPlaneProcess;
   let operator: Proc & { url: string };
   const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
 
@@ -55,7 +54,7 @@ describe('operator', () => {
       models: [MODEL],
       decodeMsPerToken: 1,
     });
-    dataPlane = await startDataPlaneProcess(TOKEN);
+    dataPlane = await startDataPlaneProcess({ token: TOKEN });
     await apply(`
 apiVersion: gpugate.io/v1alpha1
 kind: GpuBackend
@@ -258,7 +257,7 @@ spec: {tenant: nobody}
   it('a data plane started with --operator-url gets the current snapshot from the operator (GET /snapshot with the push token)', async () => {
     const unauth = await fetch(`${operator.url}/snapshot`, { headers: { authorization: 'Bearer nope' } });
     expect(unauth.status).toBe(401);
-    const late = await startDataPlaneProcess(TOKEN, ['--operator-url', operator.url]);
+    const late = await startDataPlaneProcess({ token: TOKEN, args: ['--operator-url', operator.url] });
     try {
       const applied = await late.waitFor('snapshot from the operator');
       const current = (await (

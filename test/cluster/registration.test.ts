@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
+import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, newNamespace, waitUntil } from './harness.ts';
 import {
   chatStatus,
@@ -17,9 +18,7 @@ import {
   installCrds,
   operatorServiceAccount,
   secretValue,
-  startDataPlaneProcess,
   startOperatorProcess,
-  type Proc,
 } from './operator-helpers.ts';
 
 const TOKEN = 'registration-test-push-token';
@@ -39,7 +38,7 @@ describe('self-registration and tenant usage', () => {
   let pool: pg.Pool;
   let sim: Simulator;
   let other: Simulator;
-  let dataPlane: Proc & { url: string; adminUrl: string };
+  let dataPlane: DataPlaneProcess;
   let operator: Proc & { url: string };
   let key: string;
   const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
@@ -86,7 +85,7 @@ describe('self-registration and tenant usage', () => {
       decodeMsPerToken: 1,
     });
     // --database-url: the data plane migrates (registered_endpoints included) and records there.
-    dataPlane = await startDataPlaneProcess(TOKEN, ['--database-url', db.url]);
+    dataPlane = await startDataPlaneProcess({ token: TOKEN, args: ['--database-url', db.url] });
     await apply(`
 apiVersion: gpugate.io/v1alpha1
 kind: GpuBackend

@@ -2,11 +2,10 @@
 // from a real HTTP client against the GPU simulator and real Postgres: SIGTERM mid-run loses
 // nothing, SIGKILL loses at most about one flush interval (measured and printed); and, in-process,
 // streaming usage from the final SSE chunk and a stream cut by the client.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import pg from 'pg';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,9 +14,9 @@ import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
-import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant, until } from './harness.ts';
+import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
+import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant } from './harness.ts';
 
-const root = resolve(import.meta.dirname, '..', '..');
 const db = useTestDatabase();
 /** The data plane's metering flush interval (createMeteringWriter's default, which main.ts uses). */
 const FLUSH_INTERVAL_MS = 200;
@@ -82,38 +81,13 @@ function steadyLoad(url: string, secret: string, dispatcher: Agent): Load {
   return load;
 }
 
-async function startProcess(
-  snapshotFile: string,
-): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null>; log: () => string }> {
-  const child = spawn(
-    process.execPath,
-    [
-      'dataplane/main.ts',
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--admin-host',
-      '127.0.0.1',
-      '--admin-port',
-      '0',
-      '--snapshot',
-      snapshotFile,
-      '--database-url',
-      db.url,
-      '--drain-ms',
-      '10000',
-    ],
-    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } },
-  );
-  let log = '';
-  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  await until(() => log.includes('"msg":"snapshot applied"') || child.exitCode !== null, 30_000);
-  const line = log.split('\n').find((l) => l.includes('"msg":"data plane listening"'));
-  if (!line) throw new Error(`the data plane did not start:\n${log}`);
-  return { child, url: (JSON.parse(line) as { url: string }).url, exited, log: () => log };
+/** A data-plane process serving the snapshot file and metering into the test database. */
+function startProcess(snapshotFile: string): Promise<DataPlaneProcess> {
+  return startDataPlaneProcess({
+    args: ['--snapshot', snapshotFile, '--database-url', db.url],
+    drainMs: 10000,
+    ready: 'snapshot applied',
+  });
 }
 
 describe('metering of a data-plane process', () => {

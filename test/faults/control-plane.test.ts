@@ -4,8 +4,6 @@
 // The operator here is operator/server.ts (its real GET /snapshot port) fed a fixed snapshot: what a data
 // plane sees of the operator is that port and its pushes, and the cluster tier (test/cluster/operator*.ts)
 // already runs the whole operator against a real API server. Data planes are real processes.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
 import { Registry } from 'prom-client';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
@@ -13,12 +11,12 @@ import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { startOperatorServer } from '../../operator/server.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, chat, snapshot, tenant, until } from '../dataplane/harness.ts';
 import { countByStatus, eventually, reconcile, SOAK, steadyLoad } from './load.ts';
 import { startFleet } from './fleet.ts';
 
 const db = useTestDatabase();
-const root = resolve(import.meta.dirname, '..', '..');
 const TOKEN = 'push-token-for-tests';
 const FAULT_MS = SOAK ? 20_000 : 2_000;
 
@@ -94,56 +92,8 @@ describe('config pushes under load', () => {
   });
 });
 
-interface PlaneProcess {
-  child: ChildProcess;
-  url: string;
-  adminUrl: string;
-  log(): string;
-  stop(): Promise<void>;
-}
-
-async function startPlaneProcess(operatorUrl: string): Promise<PlaneProcess> {
-  const child = spawn(
-    process.execPath,
-    [
-      'dataplane/main.ts',
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--admin-host',
-      '127.0.0.1',
-      '--admin-port',
-      '0',
-      '--operator-url',
-      operatorUrl,
-      '--drain-ms',
-      '1000',
-    ],
-    {
-      cwd: root,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, LOG_LEVEL: 'info', GPUGATE_PUSH_TOKEN: TOKEN },
-    },
-  );
-  let log = '';
-  child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  await until(() => log.includes('"msg":"data plane listening"') || child.exitCode !== null, 30_000);
-  const line = log.split('\n').find((l) => l.includes('"msg":"data plane listening"'));
-  if (!line) throw new Error(`the data plane did not start:\n${log}`);
-  const { url, adminUrl } = JSON.parse(line) as { url: string; adminUrl: string };
-  return {
-    child,
-    url,
-    adminUrl,
-    log: () => log,
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      await exited;
-    },
-  };
+function startPlaneProcess(operatorUrl: string): Promise<DataPlaneProcess> {
+  return startDataPlaneProcess({ token: TOKEN, args: ['--operator-url', operatorUrl], drainMs: 1000 });
 }
 
 async function startOperator(snap: Snapshot, port = 0): Promise<{ url: string; close(): Promise<void> }> {
@@ -194,7 +144,7 @@ describe('operator away', () => {
     });
     let operator = await startOperator(snap);
     const operatorPort = Number(new URL(operator.url).port);
-    const planes: PlaneProcess[] = [];
+    const planes: DataPlaneProcess[] = [];
     try {
       const first = await startPlaneProcess(operator.url);
       planes.push(first);
@@ -238,7 +188,7 @@ describe('operator away', () => {
       expect(lateServing).toBe(true);
       expect(lateProxyAfter).toBe(200);
     } finally {
-      for (const p of planes) await p.stop();
+      for (const p of planes) await p.kill();
       await operator.close().catch(() => undefined);
       await sim.close();
     }
