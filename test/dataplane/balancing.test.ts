@@ -8,35 +8,23 @@ import {
   apiKey,
   backend,
   chat,
-  snapshot,
-  startPlane,
-  startUpstream,
-  tenant,
+  cleanupList,
+  snapshotFor,
   until,
+  type PlaneOptions,
   type Upstream,
 } from './harness.ts';
 
 const acme = apiKey('acme');
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-afterAll(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = cleanupList();
+afterEach(cleanups.close);
+afterAll(cleanups.close);
 
-async function planeWith(b: Backend, opts: Parameters<typeof startPlane>[0] = {}): Promise<DataPlane> {
-  const plane = await startPlane(opts);
-  cleanups.push(() => plane.close({ drainMs: 500 }));
-  const r = plane.applySnapshot(snapshot({ backends: [b], tenants: [tenant('acme')], keys: [acme.key] }));
+async function planeWith(b: Backend, opts: PlaneOptions = {}): Promise<DataPlane> {
+  const plane = await cleanups.plane(opts);
+  const r = plane.applySnapshot(snapshotFor(b, acme.key));
   expect(r.accepted).toBe(true);
   return plane;
-}
-
-async function upstream(name: string, handler?: Parameters<typeof startUpstream>[1]): Promise<Upstream> {
-  const up = await startUpstream(name, handler);
-  cleanups.push(() => up.close());
-  return up;
 }
 
 function send(
@@ -52,9 +40,9 @@ function send(
 
 describe('balancing', () => {
   it('RoundRobin spreads requests by weight, smoothly', async () => {
-    const a = await upstream('a');
-    const b = await upstream('b');
-    const c = await upstream('c');
+    const a = await cleanups.upstream('a');
+    const b = await cleanups.upstream('b');
+    const c = await cleanups.upstream('c');
     const be = backend('ns/rr', [a.url, b.url, c.url]);
     be.endpoints[0]!.weight = 3;
     const plane = await planeWith(be);
@@ -70,8 +58,8 @@ describe('balancing', () => {
 
   it('LeastRequest avoids the endpoint with requests in flight', async () => {
     const held: ServerResponse[] = [];
-    const slow = await upstream('slow', (_req, res) => held.push(res));
-    const fast = await upstream('fast');
+    const slow = await cleanups.upstream('slow', (_req, res) => held.push(res));
+    const fast = await cleanups.upstream('fast');
     const plane = await planeWith(
       backend('ns/lr', [slow.url, fast.url], {
         balancing: {
@@ -105,7 +93,7 @@ describe('balancing', () => {
     };
     const scrapes: Record<string, number> = { busy: 0, idle: 0 };
     const metricsUpstream = (name: string) =>
-      upstream(name, (req, res) => {
+      cleanups.upstream(name, (req, res) => {
         if (req.url === '/metrics') {
           scrapes[name] = (scrapes[name] ?? 0) + 1;
           const l = load[name]!;
@@ -148,7 +136,7 @@ describe('balancing', () => {
 
   it('queues requests when every endpoint is at maxInflightPerEndpoint and answers 503 with Retry-After when the queue is full', async () => {
     const held: ServerResponse[] = [];
-    const one = await upstream('one', (_req, res) => held.push(res));
+    const one = await cleanups.upstream('one', (_req, res) => held.push(res));
     const plane = await planeWith(
       backend('ns/limit', [one.url], {
         balancing: {

@@ -10,7 +10,9 @@ import {
   apiKey,
   backend,
   chat,
+  cleanupList,
   snapshot,
+  snapshotFor,
   startPlane,
   startUpstream,
   tenant,
@@ -27,10 +29,11 @@ describe('forwarding', () => {
   /** Resolvers the SSE upstream waits on between chunks: it sends chunk i+1 only after the client saw chunk i. */
   const clientSaw: ((n: number) => void)[] = [];
   let upstreamSentAll = false;
+  const cleanups = cleanupList();
 
   beforeAll(async () => {
-    echo = await startUpstream('echo');
-    sse = await startUpstream('sse', (_req, res) => {
+    echo = await cleanups.upstream('echo');
+    sse = await cleanups.upstream('sse', (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
       let i = 0;
       const sendNext = () => {
@@ -49,7 +52,8 @@ describe('forwarding', () => {
       sendNext();
     });
     sim = await startSimulator({ models: ['sim-llama'], decodeMsPerToken: 20, outputTokens: 400 });
-    plane = await startPlane();
+    cleanups.push(() => sim.close());
+    plane = await cleanups.plane({}, 1000);
     const applied = plane.applySnapshot(
       snapshot({
         backends: [
@@ -73,10 +77,7 @@ describe('forwarding', () => {
     expect(applied.accepted).toBe(true);
   });
 
-  afterAll(async () => {
-    await plane.close({ drainMs: 1000 });
-    await Promise.all([echo.close(), sse.close(), sim.close()]);
-  });
+  afterAll(cleanups.close);
 
   it('strips spoofed identity and hop-by-hop headers, never forwards the client key, adds the backend credential', async () => {
     echo.requests.length = 0;
@@ -269,9 +270,7 @@ describe('slow request bodies', () => {
     const key = apiKey('acme');
     const plane = await startPlane({ bodyReadTimeoutMs: 100 });
     try {
-      plane.applySnapshot(
-        snapshot({ backends: [backend('ns/b', [up.url])], tenants: [tenant('acme')], keys: [key.key] }),
-      );
+      plane.applySnapshot(snapshotFor(backend('ns/b', [up.url]), key.key));
       const { port } = new URL(plane.url);
       const answer = await new Promise<string>((resolve, reject) => {
         const socket = connect(Number(port), '127.0.0.1', () => {

@@ -117,11 +117,17 @@ export interface Upstream {
   close(): Promise<void>;
 }
 
+export interface UpstreamOptions {
+  port?: number;
+  keepBody?: boolean;
+  streamBody?: boolean;
+}
+
 /** A real HTTP upstream that records every request; by default answers a small JSON completion. */
 export async function startUpstream(
   name: string,
   handler?: UpstreamHandler,
-  opts: { port?: number; keepBody?: boolean; streamBody?: boolean } = {},
+  opts: UpstreamOptions = {},
 ): Promise<Upstream> {
   const up: Upstream = {
     name,
@@ -187,13 +193,53 @@ export class MemorySink implements UsageSink {
   }
 }
 
-export async function startPlane(extra: Partial<DataPlaneOptions> = {}): Promise<DataPlane> {
+export type PlaneOptions = Partial<DataPlaneOptions>;
+
+export async function startPlane(extra: PlaneOptions = {}): Promise<DataPlane> {
   return createDataPlane({
     logger: quietLogger,
     listen: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0, token: 'push-token-for-tests' },
     ...extra,
   });
+}
+
+/** A snapshot of one backend and the tenant of one key, with that key. */
+export function snapshotFor(b: Backend, key: ApiKey, settings?: Partial<Settings>): Snapshot {
+  return snapshot({ backends: [b], tenants: [tenant(key.tenant)], keys: [key], settings });
+}
+
+/**
+ * What a test file starts and closes again: `close` runs the closers last first and empties the list; a
+ * file hands it to afterEach (and to afterAll for what its beforeAll started). Planes and upstreams
+ * started through it are closed that way.
+ */
+export interface Cleanups {
+  push(...closers: (() => Promise<void>)[]): void;
+  close(): Promise<void>;
+  /** startPlane, closed with this drain. */
+  plane(opts?: PlaneOptions, drainMs?: number): Promise<DataPlane>;
+  upstream(name: string, handler?: UpstreamHandler, opts?: UpstreamOptions): Promise<Upstream>;
+}
+
+export function cleanupList(): Cleanups {
+  const closers: (() => Promise<void>)[] = [];
+  return {
+    push: (...c) => void closers.push(...c),
+    close: async () => {
+      for (const c of closers.splice(0).reverse()) await c();
+    },
+    async plane(opts = {}, drainMs = 500) {
+      const plane = await startPlane(opts);
+      closers.push(() => plane.close({ drainMs }));
+      return plane;
+    },
+    async upstream(name, handler, opts) {
+      const up = await startUpstream(name, handler, opts);
+      closers.push(() => up.close());
+      return up;
+    },
+  };
 }
 
 export function chat(model: string, extra: Record<string, unknown> = {}): string {

@@ -9,26 +9,21 @@ import {
   apiKey,
   backend,
   chat,
-  snapshot,
-  startPlane,
+  cleanupList,
+  snapshotFor,
   startUpstream,
-  tenant,
   until,
+  type PlaneOptions,
   type Upstream,
 } from './harness.ts';
 
 const acme = apiKey('acme');
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = cleanupList();
+afterEach(cleanups.close);
 
-async function planeWith(b: Backend, opts: Parameters<typeof startPlane>[0] = {}): Promise<DataPlane> {
-  const plane = await startPlane(opts);
-  cleanups.push(() => plane.close({ drainMs: 500 }));
-  expect(
-    plane.applySnapshot(snapshot({ backends: [b], tenants: [tenant('acme')], keys: [acme.key] })).accepted,
-  ).toBe(true);
+async function planeWith(b: Backend, opts: PlaneOptions = {}): Promise<DataPlane> {
+  const plane = await cleanups.plane(opts);
+  expect(plane.applySnapshot(snapshotFor(b, acme.key)).accepted).toBe(true);
   return plane;
 }
 
@@ -51,9 +46,8 @@ async function metric(plane: DataPlane, line: string): Promise<number> {
 describe('health', () => {
   it('ejects an upstream that was killed, serves every request from the other, and takes it back after a restart', async () => {
     let a: Upstream = await startUpstream('a');
-    const b = await startUpstream('b');
+    const b = await cleanups.upstream('b');
     const port = a.port;
-    cleanups.push(() => b.close());
     const plane = await planeWith(backend('ns/ej', [a.url, b.url]), {
       outlier: { consecutiveFailures: 2, baseEjectionMs: 100, maxEjectionMs: 1000 },
     });
@@ -73,8 +67,7 @@ describe('health', () => {
     // Ejected after two failures, then probed once per expired ejection: far fewer than 20 attempts.
     expect(connectErrors).toBeLessThan(20);
 
-    a = await startUpstream('a-again', undefined, { port });
-    cleanups.push(() => a.close());
+    a = await cleanups.upstream('a-again', undefined, { port });
     for (let i = 0; i < 2000 && a.requests.length === 0; i++) {
       expect(await send(plane)).toBe(200);
       if (i % 20 === 19) await new Promise((r) => setTimeout(r, 20));

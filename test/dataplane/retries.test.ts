@@ -5,38 +5,18 @@ import { request } from 'undici';
 import type { Backend } from '../../dataplane/config/snapshot.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
-import {
-  apiKey,
-  backend,
-  chat,
-  snapshot,
-  startPlane,
-  startUpstream,
-  tenant,
-  until,
-  type Upstream,
-} from './harness.ts';
+import { apiKey, backend, chat, cleanupList, snapshotFor, startUpstream, until } from './harness.ts';
 
 const acme = apiKey('acme');
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = cleanupList();
+afterEach(cleanups.close);
 
 async function planeWith(b: Backend, settings: { maxJsonPeekBytes?: number } = {}): Promise<DataPlane> {
-  const plane = await startPlane({
+  const plane = await cleanups.plane({
     outlier: { consecutiveFailures: 1000, baseEjectionMs: 1, maxEjectionMs: 1 },
   });
-  cleanups.push(() => plane.close({ drainMs: 500 }));
-  const snap = snapshot({ backends: [b], tenants: [tenant('acme')], keys: [acme.key], settings });
-  expect(plane.applySnapshot(snap).accepted).toBe(true);
+  expect(plane.applySnapshot(snapshotFor(b, acme.key, settings)).accepted).toBe(true);
   return plane;
-}
-
-async function upstream(name: string, handler?: Parameters<typeof startUpstream>[1]): Promise<Upstream> {
-  const up = await startUpstream(name, handler);
-  cleanups.push(() => up.close());
-  return up;
 }
 
 /** A port with nothing listening: bind, note the port, close. */
@@ -59,15 +39,15 @@ async function send(plane: DataPlane, body = chat('m')): Promise<{ status: numbe
 
 describe('retries', () => {
   it('retries a refused connection on another endpoint, and the request reaches a backend exactly once', async () => {
-    const live = await upstream('live');
+    const live = await cleanups.upstream('live');
     const plane = await planeWith(backend('ns/r', [await deadUrl(), live.url]));
     for (let i = 0; i < 10; i++) expect((await send(plane)).status).toBe(200);
     expect(live.requests).toHaveLength(10);
   });
 
   it('never retries a request that reached a backend which then dropped the connection', async () => {
-    const resetter = await upstream('resetter', (req) => req.socket.destroy());
-    const other = await upstream('other');
+    const resetter = await cleanups.upstream('resetter', (req) => req.socket.destroy());
+    const other = await cleanups.upstream('other');
     const plane = await planeWith(backend('ns/reset', [resetter.url, other.url]));
     const statuses: number[] = [];
     for (let i = 0; i < 10; i++) statuses.push((await send(plane)).status);
@@ -79,7 +59,7 @@ describe('retries', () => {
   it('answers 504 on a first-byte timeout without retrying the request elsewhere', async () => {
     const hung = await startSimulator({ models: ['m'], faults: { hang: true } });
     cleanups.push(() => hung.close());
-    const other = await upstream('other');
+    const other = await cleanups.upstream('other');
     const plane = await planeWith(
       backend('ns/hang', [hung.url, other.url], {
         timeouts: { connectMs: 1000, firstByteMs: 100, totalMs: 60_000 },
@@ -102,7 +82,7 @@ describe('retries', () => {
   });
 
   it('does not retry a streamed (not replayable) body, even on a refused connection', async () => {
-    const live = await upstream('live');
+    const live = await cleanups.upstream('live');
     // maxJsonPeekBytes 0: no body is buffered, so none can be replayed.
     const plane = await planeWith(backend('ns/stream', [await deadUrl(), live.url]), { maxJsonPeekBytes: 0 });
     const first = await send(plane, chat('m'));
@@ -111,11 +91,11 @@ describe('retries', () => {
   });
 
   it('retries a status listed in retryOnStatus on another endpoint', async () => {
-    const busy = await upstream('busy', (_req, res) => {
+    const busy = await cleanups.upstream('busy', (_req, res) => {
       res.writeHead(503, { 'content-type': 'application/json' });
       res.end('{"error":"overloaded"}');
     });
-    const live = await upstream('live');
+    const live = await cleanups.upstream('live');
     const plane = await planeWith(
       backend('ns/status', [busy.url, live.url], { retries: { attempts: 1, retryOnStatus: [503] } }),
     );
@@ -125,7 +105,7 @@ describe('retries', () => {
   });
 
   it('passes an upstream error body through untouched when retries are used up', async () => {
-    const broken = await upstream('broken', (_req, res) => {
+    const broken = await cleanups.upstream('broken', (_req, res) => {
       res.writeHead(500, { 'content-type': 'text/plain', 'x-upstream': 'yes' });
       res.end('model server exploded');
     });
@@ -145,7 +125,7 @@ describe('retries', () => {
 
 describe('requests undici refuses to send', () => {
   it('answers 502 upstream_request_invalid for a misconfigured upstream credential, without blaming or leaking the endpoint', async () => {
-    const up = await upstream('up');
+    const up = await cleanups.upstream('up');
     const plane = await planeWith(
       backend('ns/bad-auth', [up.url], { upstreamAuth: { header: 'authorization', value: 'Bearer a\nb' } }),
     );

@@ -8,9 +8,9 @@ import {
   apiKey,
   backend,
   chat,
+  cleanupList,
   snapshot,
-  startPlane,
-  startUpstream,
+  snapshotFor,
   tenant,
   until,
   type Upstream,
@@ -24,17 +24,15 @@ describe('snapshot swap', () => {
   const held: ServerResponse[] = [];
   const acme = apiKey('acme');
   const other = apiKey('acme');
+  const cleanups = cleanupList();
 
   beforeAll(async () => {
-    a = await startUpstream('a');
-    b = await startUpstream('b');
-    c = await startUpstream('c', (_req, res) => held.push(res));
-    plane = await startPlane();
+    a = await cleanups.upstream('a');
+    b = await cleanups.upstream('b');
+    c = await cleanups.upstream('c', (_req, res) => held.push(res));
+    plane = await cleanups.plane({}, 1000);
   });
-  afterAll(async () => {
-    await plane.close({ drainMs: 1000 });
-    await Promise.all([a.close(), b.close(), c.close()]);
-  });
+  afterAll(cleanups.close);
 
   it('swaps 40 snapshots during 4,000 requests from 16 clients with zero failed requests', async () => {
     const variants = [
@@ -87,9 +85,7 @@ describe('snapshot swap', () => {
   });
 
   it('lets a request in flight on a removed endpoint finish, then stops using the endpoint', async () => {
-    plane.applySnapshot(
-      snapshot({ backends: [backend('ns/llm', [c.url])], tenants: [tenant('acme')], keys: [acme.key] }),
-    );
+    plane.applySnapshot(snapshotFor(backend('ns/llm', [c.url]), acme.key));
     const pool = new Pool(plane.url);
     const inflight = pool.request({
       path: '/v1/chat/completions',
@@ -98,11 +94,7 @@ describe('snapshot swap', () => {
       headers: { 'content-type': 'application/json', authorization: `Bearer ${acme.secret}` },
     });
     await until(() => held.length === 1);
-    expect(
-      plane.applySnapshot(
-        snapshot({ backends: [backend('ns/llm', [a.url])], tenants: [tenant('acme')], keys: [acme.key] }),
-      ).accepted,
-    ).toBe(true);
+    expect(plane.applySnapshot(snapshotFor(backend('ns/llm', [a.url]), acme.key)).accepted).toBe(true);
     held[0]!.writeHead(200, { 'content-type': 'application/json' });
     held[0]!.end('{"finished":"on the old runtime"}');
     const res = await inflight;
