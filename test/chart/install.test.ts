@@ -12,10 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import type { Simulator } from '../fixtures/gpusim/index.ts';
 import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
 import { kubeconfigForServiceAccount, kubectl, newNamespace, waitUntil } from '../cluster/harness.ts';
-import { condition, getJson, secretValue } from '../cluster/operator-helpers.ts';
+import { condition, getJson, secretValue, simBackendYaml, startSim } from '../cluster/operator-helpers.ts';
 import {
   startDataPlaneProcess,
   startProcess,
@@ -90,13 +90,7 @@ describe('the chart installed, with the operator from source as its service acco
       '--set',
       'postgres.existingSecret=gpugate-db',
     ]);
-    sim = await startSimulator({
-      host: '127.0.0.1',
-      port: 0,
-      name: 'sim',
-      models: [MODEL],
-      decodeMsPerToken: 1,
-    });
+    sim = await startSim(MODEL);
 
     // The data plane: the chart's container env; the push token file is the chart's Secret, as mounted.
     const dp = await container('gpugate-dataplane');
@@ -130,14 +124,7 @@ describe('the chart installed, with the operator from source as its service acco
 
   it('a Tenant and an ApiKey applied with kubectl end with a simulator completion for that key', async () => {
     await kubectl(['apply', '-n', ns, '-f', '-'], {
-      input: `
-apiVersion: gpugate.io/v1alpha1
-kind: GpuBackend
-metadata: {name: sim}
-spec:
-  models: [${MODEL}]
-  endpoints: [{url: "${sim.url}"}]
----
+      input: `${simBackendYaml(MODEL, sim.url)}---
 apiVersion: gpugate.io/v1alpha1
 kind: Tenant
 metadata: {name: team-a}

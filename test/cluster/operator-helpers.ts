@@ -4,8 +4,15 @@
 import { resolve } from 'node:path';
 import { request } from 'undici';
 import { rbacWithBindings } from '../../operator/rbac/rules.ts';
-import { root, startProcess, type Proc } from '../fixtures/processes.ts';
-import { kubeconfigForServiceAccount, kubectl } from './harness.ts';
+import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import {
+  root,
+  startDataPlaneProcess,
+  startProcess,
+  type DataPlaneProcess,
+  type Proc,
+} from '../fixtures/processes.ts';
+import { kubeconfigForServiceAccount, kubectl, newNamespace } from './harness.ts';
 
 /** Binds the operator's rules (operator/rbac/rules.ts) to `<ns>/gpugate-operator`; returns its kubeconfig. */
 export async function operatorServiceAccount(ns: string): Promise<string> {
@@ -20,6 +27,71 @@ export async function installCrds(): Promise<void> {
   for (const plural of ['gpubackends', 'tenants', 'apikeys']) {
     await kubectl(['wait', '--for=condition=Established', `crd/${plural}.gpugate.io`, '--timeout=30s']);
   }
+}
+
+/** The suites' GPU simulator: on loopback, serving one model at 1 ms a token. */
+export function startSim(model: string, name = 'sim'): Promise<Simulator> {
+  return startSimulator({ host: '127.0.0.1', port: 0, name, models: [model], decodeMsPerToken: 1 });
+}
+
+/** A GpuBackend `sim` serving `model` from the static endpoint `url`, as YAML. */
+export function simBackendYaml(model: string, url: string): string {
+  return `
+apiVersion: gpugate.io/v1alpha1
+kind: GpuBackend
+metadata: {name: sim}
+spec:
+  models: [${model}]
+  endpoints: [{url: "${url}"}]
+`;
+}
+
+export interface OperatorSuite {
+  ns: string;
+  /** The operator's service account's (operatorServiceAccount). */
+  kubeconfig: string;
+  sim: Simulator;
+  dataPlane: DataPlaneProcess;
+  /** `kubectl apply -n <ns>` of YAML. */
+  apply(yaml: string): Promise<string>;
+  /** Stops the data plane, then the simulator. */
+  close(): Promise<void>;
+}
+
+/**
+ * What an operator suite has before it starts its operator: the CRDs, a new namespace with the push-token
+ * Secret and the operator's service account, a simulator serving `model` (startSim) and a data-plane process
+ * taking `token` (with `dataPlaneArgs`).
+ */
+export async function startOperatorSuite(o: {
+  prefix: string;
+  token: string;
+  model: string;
+  dataPlaneArgs?: string[];
+}): Promise<OperatorSuite> {
+  await installCrds();
+  const ns = await newNamespace(o.prefix);
+  const kubeconfig = await operatorServiceAccount(ns);
+  await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${o.token}`]);
+  const sim = await startSim(o.model);
+  let dataPlane: DataPlaneProcess;
+  try {
+    dataPlane = await startDataPlaneProcess({ token: o.token, args: o.dataPlaneArgs ?? [] });
+  } catch (err) {
+    await sim.close();
+    throw err;
+  }
+  return {
+    ns,
+    kubeconfig,
+    sim,
+    dataPlane,
+    apply: (yaml) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml }),
+    async close() {
+      await dataPlane.kill();
+      await sim.close();
+    },
+  };
 }
 
 export interface OperatorArgs {

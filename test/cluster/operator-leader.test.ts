@@ -1,47 +1,33 @@
 // Leader election with two operator processes sharing one Lease: only the leader pushes; kill it and the
 // other takes the Lease over and pushes the next change; the follower serves the current snapshot throughout.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
-import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
-import { kubectl, newNamespace, waitUntil } from './harness.ts';
+import type { DataPlaneProcess, Proc } from '../fixtures/processes.ts';
+import { kubectl, waitUntil } from './harness.ts';
 import {
   chatStatus,
   getJson,
-  installCrds,
-  operatorServiceAccount,
   secretValue,
+  simBackendYaml,
   startOperatorProcess,
+  startOperatorSuite,
+  type OperatorSuite,
 } from './operator-helpers.ts';
 
 const TOKEN = 'leader-test-push-token';
 const MODEL = 'sim-llama-8b';
 
 describe('operator leader election', () => {
+  let suite: OperatorSuite;
   let ns: string;
-  let sim: Simulator;
   let dataPlane: DataPlaneProcess;
   const operators: (Proc & { url: string })[] = [];
-  const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
+  const apply = (yaml: string) => suite.apply(yaml);
 
   beforeAll(async () => {
-    await installCrds();
-    ns = await newNamespace('operator-leader');
-    const kubeconfig = await operatorServiceAccount(ns);
-    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${TOKEN}`]);
-    sim = await startSimulator({
-      host: '127.0.0.1',
-      port: 0,
-      name: 'sim',
-      models: [MODEL],
-      decodeMsPerToken: 1,
-    });
-    dataPlane = await startDataPlaneProcess({ token: TOKEN });
-    await apply(`
-apiVersion: gpugate.io/v1alpha1
-kind: GpuBackend
-metadata: {name: sim}
-spec: {models: [${MODEL}], endpoints: [{url: "${sim.url}"}]}
----
+    suite = await startOperatorSuite({ prefix: 'operator-leader', token: TOKEN, model: MODEL });
+    ({ ns, dataPlane } = suite);
+    const { kubeconfig } = suite;
+    await apply(`${simBackendYaml(MODEL, suite.sim.url)}---
 apiVersion: gpugate.io/v1alpha1
 kind: Tenant
 metadata: {name: acme}
@@ -62,8 +48,7 @@ spec: {}
 
   afterAll(async () => {
     for (const o of operators) await o.kill();
-    await dataPlane?.kill();
-    await sim?.close();
+    await suite?.close();
   });
 
   const holder = async () =>

@@ -4,17 +4,17 @@
 // on loopback, which the operator finds through --dataplane-url (in a cluster: the data plane Service's
 // EndpointSlices), and from there to a GPU simulator named by a static endpoint.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
-import { kubectl, newNamespace, waitUntil } from './harness.ts';
+import { kubectl, waitUntil } from './harness.ts';
 import {
   chatStatus,
   condition,
   getJson,
-  installCrds,
-  operatorServiceAccount,
   secretValue,
+  simBackendYaml,
   startOperatorProcess,
+  startOperatorSuite,
+  type OperatorSuite,
 } from './operator-helpers.ts';
 
 const TOKEN = 'operator-test-push-token';
@@ -35,34 +35,17 @@ interface Obj {
 }
 
 describe('operator', () => {
+  let suite: OperatorSuite;
   let ns: string;
   let kubeconfig: string;
-  let sim: Simulator;
   let dataPlane: DataPlaneProcess;
   let operator: Proc & { url: string };
-  const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
+  const apply = (yaml: string) => suite.apply(yaml);
 
   beforeAll(async () => {
-    await installCrds();
-    ns = await newNamespace('operator');
-    kubeconfig = await operatorServiceAccount(ns);
-    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${TOKEN}`]);
-    sim = await startSimulator({
-      host: '127.0.0.1',
-      port: 0,
-      name: 'sim',
-      models: [MODEL],
-      decodeMsPerToken: 1,
-    });
-    dataPlane = await startDataPlaneProcess({ token: TOKEN });
-    await apply(`
-apiVersion: gpugate.io/v1alpha1
-kind: GpuBackend
-metadata: {name: sim}
-spec:
-  models: [${MODEL}]
-  endpoints: [{url: "${sim.url}"}]
----
+    suite = await startOperatorSuite({ prefix: 'operator', token: TOKEN, model: MODEL });
+    ({ ns, kubeconfig, dataPlane } = suite);
+    await apply(`${simBackendYaml(MODEL, suite.sim.url)}---
 apiVersion: gpugate.io/v1alpha1
 kind: Tenant
 metadata: {name: acme}
@@ -78,8 +61,7 @@ spec: {}
 
   afterAll(async () => {
     await operator?.kill();
-    await dataPlane?.kill();
-    await sim?.close();
+    await suite?.close();
   });
 
   it('a GpuBackend with a deployment becomes an owned Deployment with nvidia.com/gpu requests and limits, whose pods the scheduler puts on GPU nodes only; status counts ready endpoints from the EndpointSlices', async () => {

@@ -7,18 +7,19 @@ import pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
-import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import type { Simulator } from '../fixtures/gpusim/index.ts';
 import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
-import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
-import { kubectl, newNamespace, waitUntil } from './harness.ts';
+import type { DataPlaneProcess, Proc } from '../fixtures/processes.ts';
+import { kubectl, waitUntil } from './harness.ts';
 import {
   chatStatus,
   condition,
   getJson,
-  installCrds,
-  operatorServiceAccount,
   secretValue,
   startOperatorProcess,
+  startOperatorSuite,
+  startSim,
+  type OperatorSuite,
 } from './operator-helpers.ts';
 
 const TOKEN = 'registration-test-push-token';
@@ -33,6 +34,7 @@ interface Backend {
 }
 
 describe('self-registration and tenant usage', () => {
+  let suite: OperatorSuite;
   let ns: string;
   let db: TestDatabase;
   let pool: pg.Pool;
@@ -41,7 +43,7 @@ describe('self-registration and tenant usage', () => {
   let dataPlane: DataPlaneProcess;
   let operator: Proc & { url: string };
   let key: string;
-  const apply = (yaml: string) => kubectl(['apply', '-n', ns, '-f', '-'], { input: yaml });
+  const apply = (yaml: string) => suite.apply(yaml);
 
   const call = async (path: string, body: unknown, secret: string | null) => {
     const res = await request(`${dataPlane.url}${path}`, {
@@ -63,29 +65,19 @@ describe('self-registration and tenant usage', () => {
     );
 
   beforeAll(async () => {
-    await installCrds();
-    ns = await newNamespace('registration');
-    const kubeconfig = await operatorServiceAccount(ns);
-    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${TOKEN}`]);
-    await kubectl(['create', 'secret', 'generic', 'gpu-join', '-n', ns, `--from-literal=secret=${SECRET}`]);
     db = await createTestDatabase();
     pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    sim = await startSimulator({
-      host: '127.0.0.1',
-      port: 0,
-      name: 'sim',
-      models: [MODEL],
-      decodeMsPerToken: 1,
-    });
-    other = await startSimulator({
-      host: '127.0.0.1',
-      port: 0,
-      name: 'other',
-      models: [MODEL],
-      decodeMsPerToken: 1,
-    });
     // --database-url: the data plane migrates (registered_endpoints included) and records there.
-    dataPlane = await startDataPlaneProcess({ token: TOKEN, args: ['--database-url', db.url] });
+    suite = await startOperatorSuite({
+      prefix: 'registration',
+      token: TOKEN,
+      model: MODEL,
+      dataPlaneArgs: ['--database-url', db.url],
+    });
+    ({ ns, sim, dataPlane } = suite);
+    const { kubeconfig } = suite;
+    await kubectl(['create', 'secret', 'generic', 'gpu-join', '-n', ns, `--from-literal=secret=${SECRET}`]);
+    other = await startSim(MODEL, 'other');
     await apply(`
 apiVersion: gpugate.io/v1alpha1
 kind: GpuBackend
@@ -139,8 +131,7 @@ spec:
 
   afterAll(async () => {
     await operator?.kill();
-    await dataPlane?.kill();
-    await sim?.close();
+    await suite?.close();
     await other?.close();
     await pool?.end();
     await db?.drop();
