@@ -10,7 +10,7 @@ import type { Snapshot, Tenant } from '../config/snapshot.ts';
 import type { Admission } from '../admission/admission.ts';
 import type { LimitState } from '../limits/limiter.ts';
 import type { CompiledBackend, Runtime } from '../routing/runtime.ts';
-import type { EndpointState } from '../upstream/endpoint.ts';
+import { loadView, type EndpointState } from '../upstream/endpoint.ts';
 import { quotaState, type Db, type QuotaState } from '../usage/queries.ts';
 import { tokenMatches } from './admin.ts';
 
@@ -107,14 +107,7 @@ export function endpointView(e: EndpointState, source: string, now: number): End
       : null,
     inflight: e.inflight,
     gateway: e.gateway,
-    load: e.load
-      ? {
-          waiting: e.load.waiting,
-          running: e.load.running,
-          kvCacheUsage: e.load.kvCacheUsage,
-          ageMs: now - e.load.at,
-        }
-      : null,
+    load: loadView(e, now),
   };
 }
 

@@ -142,6 +142,18 @@ export interface EndpointStatus {
   load: { waiting: number; running: number; kvCacheUsage: number; ageMs: number } | null;
 }
 
+/** The last scraped model-server load of an endpoint, with its age; null before the first scrape. */
+export function loadView(e: EndpointState, now: number): EndpointStatus['load'] {
+  return e.load
+    ? {
+        waiting: e.load.waiting,
+        running: e.load.running,
+        kvCacheUsage: e.load.kvCacheUsage,
+        ageMs: now - e.load.at,
+      }
+    : null;
+}
+
 /** Owns every EndpointState and BackendState; reuses them across snapshots. */
 export class UpstreamRegistry {
   readonly #endpoints = new Map<string, EndpointState>();
@@ -210,14 +222,7 @@ export class UpstreamRegistry {
       ejectedForMs: Math.max(0, e.ejectedUntil - now),
       inflight: e.inflight,
       gateway: e.gateway,
-      load: e.load
-        ? {
-            waiting: e.load.waiting,
-            running: e.load.running,
-            kvCacheUsage: e.load.kvCacheUsage,
-            ageMs: now - e.load.at,
-          }
-        : null,
+      load: loadView(e, now),
     };
   }
 
