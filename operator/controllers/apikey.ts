@@ -13,7 +13,7 @@ import {
 } from '../api/v1alpha1/index.ts';
 import { checkKeyShape, generateApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
 import { KubeError, paths, type KubeObject } from '../kube/client.ts';
-import { setConditions, writeStatus, type ConditionInput, type ConditionReason } from './status.ts';
+import { problemCondition, setConditions, writeStatus, type ConditionInput } from './status.ts';
 import {
   DONE,
   MANAGED_BY,
@@ -68,12 +68,7 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
       message: `generating Secret ${ref.name}`,
     });
   } else if (refProblem) {
-    conditions.push({
-      type: 'ResolvedRefs',
-      status: 'False',
-      reason: refProblem.reason as ConditionReason,
-      message: refProblem.message,
-    });
+    conditions.push(problemCondition('ResolvedRefs', refProblem));
   } else {
     conditions.push({
       type: 'ResolvedRefs',
@@ -91,12 +86,7 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
       message: 'the key Secret is being created',
     });
   } else if (problem) {
-    conditions.push({
-      type: 'Ready',
-      status: 'False',
-      reason: problem.reason as ConditionReason,
-      message: problem.message,
-    });
+    conditions.push(problemCondition('Ready', problem));
   } else if (obj.spec.disabled) {
     conditions.push({
       type: 'Ready',

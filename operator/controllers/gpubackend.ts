@@ -12,7 +12,7 @@ import {
 } from '../api/v1alpha1/index.ts';
 import type { DiscoveredEndpoint } from '../snapshot/compile.ts';
 import { paths, type KubeObject } from '../kube/client.ts';
-import { setConditions, writeStatus, type ConditionInput, type ConditionReason } from './status.ts';
+import { problemCondition, setConditions, writeStatus, type ConditionInput } from './status.ts';
 import {
   BACKEND_LABEL,
   DONE,
@@ -117,18 +117,8 @@ async function sync(
 
   if (problems.length > 0) {
     const p = problems[0]!;
-    conditions.push({
-      type: 'ResolvedRefs',
-      status: 'False',
-      reason: p.reason as ConditionReason,
-      message: p.message,
-    });
-    conditions.push({
-      type: 'Ready',
-      status: 'False',
-      reason: p.reason as ConditionReason,
-      message: p.message,
-    });
+    conditions.push(problemCondition('ResolvedRefs', p));
+    conditions.push(problemCondition('Ready', p));
   } else {
     conditions.push({
       type: 'ResolvedRefs',

@@ -4,11 +4,13 @@
 // the same status is written onto the fresh copy (a few times, then the error is retryable).
 import { isDeepStrictEqual } from 'node:util';
 import type { Condition } from '../api/v1alpha1/index.ts';
+import type { ObjectProblem, ProblemReason } from '../snapshot/compile.ts';
 import { KubeError, paths, type KubeClient, type KubeObject } from '../kube/client.ts';
 import { RetryableError } from './types.ts';
 
 export type ConditionType = 'Ready' | 'ResolvedRefs';
 export type ConditionReason =
+  | ProblemReason
   | 'Ready'
   | 'Resolved'
   | 'EndpointsReady'
@@ -21,20 +23,18 @@ export type ConditionReason =
   | 'Expired'
   | 'Disabled'
   | 'Suspended'
-  | 'NameTooLong'
-  | 'InvalidSpec'
-  | 'TenantNotFound'
-  | 'BackendNotFound'
-  | 'SecretNotFound'
-  | 'SecretKeyNotFound'
-  | 'InvalidKey'
-  | 'DuplicateKey';
+  | 'NameTooLong';
 
 export interface ConditionInput {
   type: ConditionType;
   status: 'True' | 'False' | 'Unknown';
   reason: ConditionReason;
   message: string;
+}
+
+/** The condition a compiler problem sets: False, with the problem's reason and message. */
+export function problemCondition(type: ConditionType, problem: ObjectProblem): ConditionInput {
+  return { type, status: 'False', reason: problem.reason, message: problem.message };
 }
 
 export function setConditions(

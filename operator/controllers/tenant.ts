@@ -5,7 +5,7 @@
 import { Gauge, type Registry } from 'prom-client';
 import type { Tenant, TenantStatus } from '../api/v1alpha1/index.ts';
 import type { KubeObject } from '../kube/client.ts';
-import { setConditions, writeStatus, type ConditionInput, type ConditionReason } from './status.ts';
+import { problemCondition, setConditions, writeStatus, type ConditionInput } from './status.ts';
 import { DONE, type ControllerContext, type Key, type Outcome, type Reconciler } from './types.ts';
 import type { UsageReader } from './usage.ts';
 
@@ -81,21 +81,11 @@ async function sync(
   const first = excluded ?? partial;
   conditions.push(
     first
-      ? {
-          type: 'ResolvedRefs',
-          status: 'False',
-          reason: first.reason as ConditionReason,
-          message: first.message,
-        }
+      ? problemCondition('ResolvedRefs', first)
       : { type: 'ResolvedRefs', status: 'True', reason: 'Resolved', message: 'every reference resolved' },
   );
   if (excluded) {
-    conditions.push({
-      type: 'Ready',
-      status: 'False',
-      reason: excluded.reason as ConditionReason,
-      message: excluded.message,
-    });
+    conditions.push(problemCondition('Ready', excluded));
   } else if (obj.spec.suspended) {
     conditions.push({
       type: 'Ready',
