@@ -7,11 +7,11 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Admission } from '../../dataplane/admission/admission.ts';
 import { addressIn, compileCidrs, normalizeAddress } from '../../dataplane/auth/cidr.ts';
-import { generateApiKey, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
-import type { ApiKey, Snapshot, Tenant } from '../../dataplane/config/snapshot.ts';
+import type { Snapshot, Tenant } from '../../dataplane/config/snapshot.ts';
 import { answerPreflight, compileCors } from '../../dataplane/http/cors.ts';
 import { TokenBucket } from '../../dataplane/limits/bucket.ts';
 import { replicaLimits } from '../../dataplane/limits/limiter.ts';
+import { apiKey } from '../dataplane/harness.ts';
 
 describe('token bucket', () => {
   it('refills continuously, waits exactly, and lets a request larger than the bucket through only when full', () => {
@@ -132,19 +132,7 @@ describe('credential parsing (property)', () => {
       userNameClaim: 'name',
     },
   };
-  const secret = generateApiKey();
-  const key: ApiKey = {
-    id: 't/k',
-    tenant: 't',
-    sha256: hashApiKey(secret),
-    prefix: keyPrefix(secret),
-    disabled: false,
-    expiresAt: null,
-    limits: {},
-    quota: null,
-    allowedModels: [],
-    allowedCIDRs: [],
-  };
+  const { secret, key } = apiKey('t', { id: 't/k' });
   const snap = {
     settings: {
       replicas: 1,

@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { buildKeyIndex, identify } from '../../dataplane/auth/identify.ts';
-import { generateApiKey, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
-import type { ApiKey, Tenant } from '../../dataplane/config/snapshot.ts';
+import type { Tenant } from '../../dataplane/config/snapshot.ts';
+import { apiKey } from '../dataplane/harness.ts';
 
 const tenant: Tenant = {
   id: 't',
@@ -14,19 +14,7 @@ const tenant: Tenant = {
   failOpen: true,
   jwt: null,
 };
-const secret = generateApiKey();
-const key: ApiKey = {
-  id: 't/k',
-  tenant: 't',
-  sha256: hashApiKey(secret),
-  prefix: keyPrefix(secret),
-  disabled: false,
-  expiresAt: null,
-  limits: {},
-  quota: null,
-  allowedModels: [],
-  allowedCIDRs: [],
-};
+const { secret, key } = apiKey('t', { id: 't/k' });
 const index = buildKeyIndex([key], [tenant]);
 
 describe('identify', () => {
