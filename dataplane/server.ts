@@ -222,6 +222,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   await proxy.register(
     registrationRoutes({
       backends: () => current?.backends.map((b) => b.backend) ?? null,
+      admission: () => current?.admission ?? null,
       store: opts.registrationStore ?? null,
       logger,
       version: GPUGATE_VERSION,

@@ -257,27 +257,36 @@ export class CompiledAdmission {
     return peer;
   }
 
+  /**
+   * 429 when the client's address has used up its budget of failed authentications (API keys, JWTs
+   * and registration secrets share it); null when it may try. Spends nothing.
+   */
+  refuseFailingAddress(ip: string, now: number): GatewayError | null {
+    const perMinute = this.#failuresPerMinute;
+    if (perMinute === 0) return null;
+    const wait = this.#shared.failureBuckets.waitFor(ip, perMinute, now);
+    if (wait === 0) return null;
+    this.#shared.opts.rejected?.('', 'auth_failures');
+    return gatewayError(
+      429,
+      'rate_limit_error',
+      'rate_limit_exceeded',
+      `too many failed authentications from ${ip}; retry in ${seconds(wait)} s`,
+      { 'retry-after': String(seconds(wait)) },
+    );
+  }
+
+  /** Counts one failed authentication against the client's address. */
+  countFailure(ip: string, now: number): void {
+    if (this.#failuresPerMinute > 0) this.#shared.failureBuckets.spend(ip, this.#failuresPerMinute, now);
+  }
+
   /** Who is calling. Addresses with too many failed attempts are refused before their credential is looked at. */
   authenticate(req: IncomingMessage): IdentifyResult | Promise<IdentifyResult> {
     const now = Date.now();
     const ip = this.clientIp(req);
-    const perMinute = this.#failuresPerMinute;
-    if (perMinute > 0) {
-      const wait = this.#shared.failureBuckets.waitFor(ip, perMinute, now);
-      if (wait > 0) {
-        this.#shared.opts.rejected?.('', 'auth_failures');
-        return {
-          ok: false,
-          error: gatewayError(
-            429,
-            'rate_limit_error',
-            'rate_limit_exceeded',
-            `too many failed authentications from ${ip}; retry in ${seconds(wait)} s`,
-            { 'retry-after': String(seconds(wait)) },
-          ),
-        };
-      }
-    }
+    const throttled = this.refuseFailingAddress(ip, now);
+    if (throttled) return { ok: false, error: throttled };
     const credential = credentialOf(req.headers);
     switch (credential.kind) {
       case 'none':
@@ -303,9 +312,7 @@ export class CompiledAdmission {
   }
 
   #counted(r: IdentifyResult, ip: string, now: number): IdentifyResult {
-    if (!r.ok && r.error.status === 401 && this.#failuresPerMinute > 0) {
-      this.#shared.failureBuckets.spend(ip, this.#failuresPerMinute, now);
-    }
+    if (!r.ok && r.error.status === 401) this.countFailure(ip, now);
     return r;
   }
 

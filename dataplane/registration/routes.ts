@@ -5,10 +5,16 @@
 // time. The registration is recorded in the store (Postgres: every replica and the operator see it);
 // the operator puts live registrations into the next snapshot, where they are health checked like
 // every endpoint. Nothing here changes the running snapshot itself.
+//
+// A wrong secret is a failed authentication like a wrong API key: it spends the client address's
+// budget of failed authentications (settings.clientLimits.authFailuresPerMinute, shared with the
+// proxy's keys and JWTs), and an address over that budget gets 429 before its secret is checked, so
+// the shared secret cannot be guessed at line rate.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Backend } from '../config/snapshot.ts';
+import type { CompiledAdmission } from '../admission/admission.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import type { RegistrationStore } from './store.ts';
 
@@ -17,6 +23,8 @@ export const REGISTRATION_SECRET_HEADER = 'x-gpugate-registration-secret';
 export interface RegistrationRoutesDeps {
   /** The backends of the current snapshot; null before the first one. */
   backends(): readonly Backend[] | null;
+  /** The current snapshot's admission (client address, failed-authentication budget); null before the first one. */
+  admission(): CompiledAdmission | null;
   /** null: no database, registrations cannot be recorded (503). */
   store: RegistrationStore | null;
   logger: Logger;
@@ -95,6 +103,14 @@ export function registrationRoutes(deps: RegistrationRoutesDeps) {
       );
       return null;
     }
+    const admission = deps.admission();
+    const ip = admission?.clientIp(request.raw) ?? '';
+    const now = Date.now();
+    const throttled = admission?.refuseFailingAddress(ip, now);
+    if (throttled) {
+      void send(reply, request, throttled);
+      return null;
+    }
     const body = (request.body ?? {}) as Body;
     const url = normalizeEndpointUrl(body.url);
     if (typeof body.backend !== 'string' || body.backend.length === 0 || url === null) {
@@ -113,6 +129,8 @@ export function registrationRoutes(deps: RegistrationRoutesDeps) {
     const sent = request.headers[REGISTRATION_SECRET_HEADER];
     const resolved = resolveBackend(backends, body.backend, typeof sent === 'string' ? sent : '');
     if (!resolved.ok) {
+      // Sending no secret guesses nothing (as a request without a credential on the proxy).
+      if (resolved.status === 401 && typeof sent === 'string') admission?.countFailure(ip, now);
       void send(
         reply,
         request,
