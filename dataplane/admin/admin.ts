@@ -81,21 +81,26 @@ export function adminPlugin(deps: AdminDeps) {
             },
           },
         },
+        // The token is checked before the body is read: without it, nobody makes this port read
+        // and parse up to bodyLimit (256 MiB) of JSON.
+        onRequest: async (request, reply) => {
+          const token = deps.pushToken;
+          if (token === null || !tokenMatches(request.headers.authorization, token)) {
+            return reply
+              .code(401)
+              .header('www-authenticate', 'Bearer')
+              .header('connection', 'close')
+              .send({
+                error: {
+                  type: 'authentication_error',
+                  code: 'bad_push_token',
+                  message: 'PUT /config needs the push token as a Bearer token',
+                },
+              });
+          }
+        },
       },
       async (request, reply) => {
-        const token = deps.pushToken;
-        if (token === null || !tokenMatches(request.headers.authorization, token)) {
-          return reply
-            .code(401)
-            .header('www-authenticate', 'Bearer')
-            .send({
-              error: {
-                type: 'authentication_error',
-                code: 'bad_push_token',
-                message: 'PUT /config needs the push token as a Bearer token',
-              },
-            });
-        }
         const result = deps.applySnapshot(request.body);
         if (result.accepted) return reply.send({ revision: result.revision, changed: result.changed });
         const status = result.stale ? 409 : 400;
