@@ -90,6 +90,13 @@ interface Lease {
   unsettled: number;
   /** Admitted requests not yet settled. */
   inflight: number;
+  /** Last settle step the database acknowledged (quota_settlements.seq). */
+  settledSeq: number;
+  /**
+   * The settle step sent and not yet acknowledged: sent again, unchanged, until it is, so a step
+   * whose commit answer was lost is recognised (same seq) and not charged twice.
+   */
+  pending: { seq: number; spent: number; released: number } | null;
   /** Date.now() after which the lease must not be used (renewals push it forward). */
   validUntil: number;
   lastUsed: number;
@@ -152,21 +159,36 @@ SELECT g.last_grant::float8 AS granted, g.available::float8 AS available FROM g,
 
 // released = the part of `spent` that was still reserved by the lease. When the lease is gone
 // (reclaimed after expiry), the sweep already un-reserved it: only `used` grows.
+// Idempotent: a step with spend carries (lease_id, seq), recorded in quota_settlements by this same
+// statement; only steps whose record is new (`charge`) move used, reserved and remaining, so a step
+// sent again after a lost answer renews the lease and charges nothing. seq 0: renewal only.
 const SETTLE = `
 WITH s AS (
-  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::numeric[], $6::numeric[])
-    AS s(lease_id, subject_kind, subject_id, period_start, spent, released)
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::numeric[], $6::numeric[], $8::bigint[])
+    AS s(lease_id, subject_kind, subject_id, period_start, spent, released, seq)
+),
+fresh AS (
+  INSERT INTO quota_settlements (lease_id, seq)
+  SELECT lease_id, seq FROM s WHERE seq > 0
+  ON CONFLICT DO NOTHING
+  RETURNING lease_id, seq
+),
+c AS (
+  SELECT s.*, (f.lease_id IS NOT NULL) AS charge
+  FROM s LEFT JOIN fresh f ON f.lease_id = s.lease_id AND f.seq = s.seq
 ),
 l AS (
   UPDATE quota_leases q
-  SET remaining = q.remaining - s.released, expires_at = now() + make_interval(secs => $7::float8 / 1000)
-  FROM s WHERE q.lease_id = s.lease_id
+  SET remaining = q.remaining - CASE WHEN c.charge THEN c.released ELSE 0 END,
+      expires_at = now() + make_interval(secs => $7::float8 / 1000)
+  FROM c WHERE q.lease_id = c.lease_id
   RETURNING q.lease_id
 ),
 per_subject AS (
-  SELECT s.subject_kind, s.subject_id, s.period_start, sum(s.spent) AS spent,
-         sum(CASE WHEN l.lease_id IS NULL THEN 0 ELSE s.released END) AS released
-  FROM s LEFT JOIN l ON l.lease_id = s.lease_id
+  SELECT c.subject_kind, c.subject_id, c.period_start, sum(c.spent) AS spent,
+         sum(CASE WHEN l.lease_id IS NULL THEN 0 ELSE c.released END) AS released
+  FROM c LEFT JOIN l ON l.lease_id = c.lease_id
+  WHERE c.charge
   GROUP BY 1, 2, 3
 ),
 b AS (
@@ -177,8 +199,8 @@ b AS (
     AND b.period_start = p.period_start
   RETURNING 1
 )
-SELECT s.lease_id::text AS lease_id, l.lease_id IS NOT NULL AS live
-FROM s LEFT JOIN l ON l.lease_id = s.lease_id`;
+SELECT c.lease_id::text AS lease_id, l.lease_id IS NOT NULL AS live, c.seq > 0 AND NOT c.charge AS duplicate
+FROM c LEFT JOIN l ON l.lease_id = c.lease_id`;
 
 /** Delete leases (returned by their holder, or expired) and un-reserve their remainder. */
 function releaseSql(where: string): string {
@@ -259,6 +281,11 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       for (const s of subjects.values()) if (s.lease) sum += Math.max(0, s.lease.held);
       this.set(sum);
     },
+  });
+  const duplicateSettlements = new Counter({
+    name: 'gpugate_quota_duplicate_settlements_total',
+    help: 'Settle steps sent again after a lost answer and found already charged (not charged twice)',
+    registers: [registry],
   });
   const syncDuration = new Histogram({
     name: 'gpugate_quota_sync_duration_seconds',
@@ -346,6 +373,8 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
           held: row.granted,
           unsettled: 0,
           inflight: 0,
+          settledSeq: 0,
+          pending: null,
           validUntil,
           lastUsed: Date.now(),
         };
@@ -447,16 +476,25 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     const starts: string[] = [];
     const spent: number[] = [];
     const released: number[] = [];
+    const seqs: number[] = [];
     for (const lease of leases) {
+      // A step sent before and not acknowledged goes again unchanged; spend since then waits for
+      // the next step.
+      if (!lease.pending && lease.unsettled > 0) {
+        const rel = Math.min(lease.unsettled, lease.dbRemaining);
+        lease.pending = { seq: lease.settledSeq + 1, spent: lease.unsettled, released: rel };
+      }
+      const step = lease.pending;
       ids.push(lease.id);
       kinds.push(lease.kind);
       subjectIds.push(lease.subjectId);
       starts.push(lease.periodStart);
-      spent.push(lease.unsettled);
-      released.push(Math.min(lease.unsettled, lease.dbRemaining));
+      spent.push(step?.spent ?? 0);
+      released.push(step?.released ?? 0);
+      seqs.push(step?.seq ?? 0);
     }
     const sentAt = Date.now();
-    const { rows } = await pool.query<{ lease_id: string; live: boolean }>(SETTLE, [
+    const { rows } = await pool.query<{ lease_id: string; live: boolean; duplicate: boolean }>(SETTLE, [
       ids,
       kinds,
       subjectIds,
@@ -464,15 +502,25 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       spent,
       released,
       ttlMs,
+      seqs,
     ]);
-    const live = new Map(rows.map((r) => [r.lease_id, r.live]));
-    leases.forEach((lease, i) => {
-      const sent = spent[i] ?? 0;
-      lease.unsettled = credits(lease.unsettled - sent);
-      lease.dbRemaining = credits(lease.dbRemaining - (released[i] ?? 0));
+    const live = new Map<string, boolean>();
+    for (const r of rows) {
+      live.set(r.lease_id, r.live);
+      if (r.duplicate) duplicateSettlements.inc();
+    }
+    for (const lease of leases) {
+      const step = lease.pending;
+      if (step) {
+        // Charged now or by the earlier send whose answer was lost: either way it is done.
+        lease.unsettled = credits(lease.unsettled - step.spent);
+        lease.dbRemaining = credits(lease.dbRemaining - step.released);
+        lease.settledSeq = step.seq;
+        lease.pending = null;
+      }
       if (live.get(lease.id)) lease.validUntil = Math.max(lease.validUntil, sentAt + ttlMs - safetyMs);
       else lease.validUntil = 0; // reclaimed while we were away: never admit on it again
-    });
+    }
   }
 
   async function syncOnce(): Promise<void> {
@@ -499,17 +547,18 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       // Retired leases with requests still in flight (streams can last minutes) keep being renewed,
       // or the sweep would hand their reservation to others before those requests settle.
       const toSettle = retiring.filter(
-        (l) => l.unsettled > 0 || (l.inflight > 0 && l.validUntil < renewBefore),
+        (l) => l.unsettled > 0 || l.pending !== null || (l.inflight > 0 && l.validUntil < renewBefore),
       );
       for (const s of subjects.values()) {
         const lease = s.lease;
-        if (lease && (lease.unsettled > 0 || lease.validUntil < renewBefore)) toSettle.push(lease);
+        if (lease && (lease.unsettled > 0 || lease.pending !== null || lease.validUntil < renewBefore))
+          toSettle.push(lease);
       }
       if (toSettle.length > 0) await serial(() => settleLeases(toSettle));
       // Return retired leases once nothing is in flight on them and their spend is settled.
       // A lease whose tickets were never settled is returned anyway once the database has expired it.
       const done = retiring.filter(
-        (l) => (l.inflight <= 0 && l.unsettled === 0) || now > l.validUntil + ttlMs,
+        (l) => (l.inflight <= 0 && l.unsettled === 0 && l.pending === null) || now > l.validUntil + ttlMs,
       );
       if (done.length > 0) {
         await serial(() => pool.query(RELEASE, [done.map((l) => l.id)]));
