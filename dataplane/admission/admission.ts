@@ -77,8 +77,8 @@ export interface AdmitRequest {
   res: ServerResponse;
   backend: Backend;
   route: Route;
-  /** The body when the proxy buffered it (small JSON); null when it streams. */
-  body: Buffer | null;
+  /** The JSON object body as the proxy parsed it (small JSON bodies); null when it streams or is not one. */
+  request: Readonly<Record<string, unknown>> | null;
   bodyBytes: number;
 }
 
@@ -86,24 +86,18 @@ const QUOTA_READY_WAIT_MS = 2_000;
 
 const NOTHING_TO_END: Admitted = { headers: null, wantsUsage: false, end: () => undefined };
 
+const MAX_TOKENS_FIELDS = ['max_tokens', 'max_completion_tokens', 'max_output_tokens'] as const;
+
 /** Rough prompt size when the backend has not told us yet: ~4 bytes per token, as in metering. */
 function inputTokensOf(bodyBytes: number): number {
   return Math.ceil(bodyBytes / 4);
 }
 
-function maxTokensOf(body: Buffer | null, fallback: number): number {
-  if (body === null) return fallback;
-  try {
-    const parsed: unknown = JSON.parse(body.toString('utf8'));
-    if (parsed !== null && typeof parsed === 'object') {
-      const p = parsed as Record<string, unknown>;
-      for (const field of ['max_tokens', 'max_completion_tokens', 'max_output_tokens']) {
-        const v = p[field];
-        if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.min(Math.ceil(v), 10_000_000);
-      }
-    }
-  } catch {
-    // not JSON: the fallback
+function maxTokensOf(request: Readonly<Record<string, unknown>> | null, fallback: number): number {
+  if (request === null) return fallback;
+  for (const field of MAX_TOKENS_FIELDS) {
+    const v = request[field];
+    if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.min(Math.ceil(v), 10_000_000);
   }
   return fallback;
 }
@@ -338,7 +332,7 @@ export class CompiledAdmission {
       subjects.some((s) => s.state.tokens !== null) ||
       (shared.quota !== null && (tenant.quota !== null || (key !== null && key.quota !== null)));
     const inputTokens = needsEstimate ? inputTokensOf(a.bodyBytes) : 0;
-    const maxTokens = needsEstimate ? maxTokensOf(a.body, shared.opts.defaultMaxTokens ?? 256) : 0;
+    const maxTokens = needsEstimate ? maxTokensOf(a.request, shared.opts.defaultMaxTokens ?? 256) : 0;
     const tokens = inputTokens + maxTokens;
 
     for (const s of subjects) {

@@ -58,8 +58,11 @@ export interface ForwardContext {
   upstreamAuth: { header: string; value: string } | null;
 }
 
-function connectionTokens(value: string | undefined): string[] {
-  if (!value) return [];
+const NO_TOKENS: readonly string[] = [];
+
+function connectionTokens(value: string | undefined): readonly string[] {
+  // The usual values name no other header: skip the split (most upstream responses say keep-alive).
+  if (!value || value === 'keep-alive' || value === 'close') return NO_TOKENS;
   return value
     .toLowerCase()
     .split(',')

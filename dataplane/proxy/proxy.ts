@@ -26,7 +26,7 @@ import { CLIENT_ABORT, classifyFailure, TOTAL_TIMEOUT } from './failures.ts';
 import { downstreamResponseHeaders, upstreamRequestHeaders } from './headers.ts';
 import { traceIdOf, type AccessLog } from '../observability/access-log.ts';
 import type { RequestTrace, Tracing } from '../observability/tracing.ts';
-import { askForStreamUsage, UsageChunkFilter, UsageTap } from './usage-tap.ts';
+import { askForStreamUsage, parseJsonRequest, UsageChunkFilter, UsageTap } from './usage-tap.ts';
 
 export interface ProxyDeps {
   current(): Runtime | null;
@@ -88,17 +88,9 @@ function readDeclaredBody(
   });
 }
 
-function peekModel(body: Buffer): string | null {
-  try {
-    const parsed: unknown = JSON.parse(body.toString('utf8'));
-    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
-      const model = (parsed as { model?: unknown }).model;
-      if (typeof model === 'string' && model !== '') return model;
-    }
-  } catch {
-    // not JSON after all: route by path, forward untouched
-  }
-  return null;
+function modelOf(request: Readonly<Record<string, unknown>> | null): string | null {
+  const model = request?.model;
+  return typeof model === 'string' && model !== '' ? model : null;
 }
 
 /** Passes a chunked body through until it exceeds the limit, then fails it (the upstream sees an abort). */
@@ -243,28 +235,39 @@ class Exchange {
     this.queueAbort?.abort(reason);
   }
 
-  /** Picks an endpoint and dispatches; loops through the wait queue when every endpoint is full. */
-  async next(): Promise<void> {
+  /**
+   * Picks an endpoint and dispatches, synchronously unless every endpoint is full: then the request
+   * waits in the backend's queue first.
+   */
+  next(): void {
+    if (this.abortReason) return this.failBeforeHeaders();
     const cb = this.backend as CompiledBackend;
-    for (;;) {
-      if (this.abortReason) return this.failBeforeHeaders();
-      let e: EndpointState | GatewayError | 'wait';
-      if (this.pinned) e = this.pinned;
-      else e = this.proxy.pickEndpoint(cb, this.tried);
-      if (e === 'wait') {
-        this.queueAbort ??= new AbortController();
-        const remaining = cb.backend.balancing.queueTimeoutMs - (performance.now() - this.start);
-        const woken = remaining > 0 && (await cb.state.wait(remaining, this.queueAbort.signal));
-        if (woken || this.abortReason) continue;
-        e = this.proxy.queueFull(cb);
-      }
-      if ('status' in e) {
-        this.lastError ??= e;
-        return this.failBeforeHeaders();
-      }
-      this.dispatch(e);
+    const e = this.pinned ?? this.proxy.pickEndpoint(cb, this.tried);
+    if (e === 'wait') {
+      this.waitForEndpoint(cb).catch((err: unknown) => this.proxy.internalError(this, err));
       return;
     }
+    this.use(e);
+  }
+
+  async waitForEndpoint(cb: CompiledBackend): Promise<void> {
+    for (;;) {
+      this.queueAbort ??= new AbortController();
+      const remaining = cb.backend.balancing.queueTimeoutMs - (performance.now() - this.start);
+      const woken = remaining > 0 && (await cb.state.wait(remaining, this.queueAbort.signal));
+      if (this.abortReason) return this.failBeforeHeaders();
+      if (!woken) return this.use(this.proxy.queueFull(cb));
+      const e = this.pinned ?? this.proxy.pickEndpoint(cb, this.tried);
+      if (e !== 'wait') return this.use(e);
+    }
+  }
+
+  use(e: EndpointState | GatewayError): void {
+    if ('status' in e) {
+      this.lastError ??= e;
+      return this.failBeforeHeaders();
+    }
+    this.dispatch(e);
   }
 
   dispatch(e: EndpointState): void {
@@ -319,7 +322,7 @@ class Exchange {
       this.current = null;
       controller.abort(RETRY_ELSEWHERE);
       attempt.release();
-      void this.next();
+      this.next();
       return;
     }
     this.endpoint = e;
@@ -444,7 +447,7 @@ class Exchange {
     if (!failure.reached && this.attemptsLeft > 0 && this.replayable && !this.abortReason) {
       this.held = null;
       this.heldBytes = 0;
-      void this.next();
+      this.next();
       return;
     }
     this.failBeforeHeaders();
@@ -918,11 +921,13 @@ class Proxy {
     const tracing = this.deps.tracing;
     if (tracing) ex.trace = tracing.start(req.headers, req.method ?? 'GET', req.url ?? '/', requestId);
     res.once('close', () => this.finish(ex));
-    this.route(ex).catch((err: unknown) => {
-      this.deps.logger.error({ err, requestId }, 'proxy error');
-      this.writeError(ex, gatewayError(500, 'internal_error', 'internal_error', 'internal error'), true);
-    });
+    this.route(ex).catch((err: unknown) => this.internalError(ex, err));
   };
+
+  internalError(ex: Exchange, err: unknown): void {
+    this.deps.logger.error({ err, requestId: ex.requestId }, 'proxy error');
+    this.writeError(ex, gatewayError(500, 'internal_error', 'internal_error', 'internal error'), true);
+  }
 
   async route(ex: Exchange): Promise<void> {
     const { req, rt, requestId } = ex;
@@ -968,7 +973,9 @@ class Proxy {
       entries = entries.filter((e) => e.route.public);
     } else {
       const identify = ex.trace?.phase('identify');
-      const who = await rt.admission.authenticate(req);
+      // API keys authenticate synchronously: no await (and no microtask) unless a JWT needs its key set.
+      const pending = rt.admission.authenticate(req);
+      const who = pending instanceof Promise ? await pending : pending;
       identify?.end();
       if (!who.ok) {
         ex.limits = who.error.code;
@@ -981,6 +988,8 @@ class Proxy {
     const modelHeader = headers['x-gpugate-model'];
     let model = typeof modelHeader === 'string' && modelHeader !== '' ? modelHeader : null;
     let buffered: Buffer | null = null;
+    // The body's one JSON parse: its model, the admission's max_tokens and the stream-usage rewrite.
+    let json: Readonly<Record<string, unknown>> | null = null;
     if (
       contentLength > 0 &&
       contentLength <= rt.settings.maxJsonPeekBytes &&
@@ -1001,7 +1010,8 @@ class Proxy {
         );
       }
       buffered = read;
-      model = peekModel(buffered) ?? model;
+      json = parseJsonRequest(buffered);
+      model = modelOf(json) ?? model;
     }
     ex.model = model;
     ex.bytesIn = contentLength > 0 ? contentLength : 0;
@@ -1035,15 +1045,17 @@ class Proxy {
       );
     }
     const admission = ex.trace?.phase('admission');
-    const admitted = await rt.admission.admit({
+    const admitting = rt.admission.admit({
       principal: ex.principal,
       req,
       res: ex.res,
       backend,
       route: entry.route,
-      body: buffered,
+      request: json,
       bodyBytes: ex.bytesIn,
     });
+    // Only a quota lease makes admission asynchronous.
+    const admitted = admitting instanceof Promise ? await admitting : admitting;
     admission?.end();
     if (admitted === null) return; // the client went away
     if ('status' in admitted) {
@@ -1062,9 +1074,9 @@ class Proxy {
         ex.body = req;
       }
     }
-    if (buffered && backend.protocol === 'openai') {
+    if (json && backend.protocol === 'openai') {
       // Exact token counts for streams: ask for the final usage chunk (kept from the client).
-      const rewritten = askForStreamUsage(buffered);
+      const rewritten = askForStreamUsage(json);
       if (rewritten) {
         ex.body = rewritten;
         ex.stripUsage = true;
@@ -1089,7 +1101,7 @@ class Proxy {
       upstreamAuth: backend.upstreamAuth,
     });
     if (ex.stripUsage) ex.upstreamHeaders['content-length'] = String((ex.body as Buffer).length);
-    await ex.next();
+    ex.next();
   }
 
   onTotalTimeout(ex: Exchange): void {
@@ -1103,9 +1115,13 @@ class Proxy {
 export function proxyPlugin(deps: ProxyDeps) {
   const proxy = new Proxy(deps);
   return async function proxyScope(app: FastifyInstance): Promise<void> {
-    app.removeAllContentTypeParsers();
-    // Every body stays a raw stream: the handler decides what to buffer.
-    app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
+    // The proxy takes the request over in onRequest (after the root scope's CORS hook), so Fastify
+    // never parses a body here and its validation and pre-handler steps are skipped: every body stays
+    // a raw stream and the proxy decides what to buffer. The routes only make the paths match.
+    app.addHook('onRequest', (request, reply, done) => {
+      proxy.handle(request, reply);
+      done();
+    });
     app.route({ method: METHODS, url: '/*', handler: proxy.handle });
     app.route({ method: METHODS, url: '/', handler: proxy.handle });
   };

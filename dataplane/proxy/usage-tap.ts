@@ -129,15 +129,12 @@ export function sseUsage(text: string): TokenUsage | null {
   }
 }
 
-const STREAM_KEY = Buffer.from('"stream"');
-
 /**
- * For an OpenAI streaming request that did not ask for usage, the same body with
- * `stream_options.include_usage: true`, so the backend reports exact token counts in a final chunk
- * (which UsageChunkFilter then keeps from the client). Null when nothing needs changing.
+ * A small JSON request body as the gateway read it: parsed once by the proxy, then used for the
+ * model, the admission's max_tokens estimate and the stream-usage rewrite. Null when the body is
+ * not a JSON object.
  */
-export function askForStreamUsage(body: Buffer): Buffer | null {
-  if (!body.includes(STREAM_KEY)) return null;
+export function parseJsonRequest(body: Buffer): Readonly<Record<string, unknown>> | null {
   let parsed: unknown;
   try {
     parsed = JSON.parse(body.toString('utf8'));
@@ -145,14 +142,27 @@ export function askForStreamUsage(body: Buffer): Buffer | null {
     return null;
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return null;
-  const request = parsed as { stream?: unknown; stream_options?: unknown };
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * For an OpenAI streaming request (parsed with parseJsonRequest) that did not ask for usage, the
+ * body with `stream_options.include_usage: true`, so the backend reports exact token counts in a
+ * final chunk (which UsageChunkFilter then keeps from the client). Null when nothing needs changing.
+ */
+export function askForStreamUsage(request: Readonly<Record<string, unknown>>): Buffer | null {
   if (request.stream !== true) return null;
   const options = request.stream_options;
   if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options)))
     return null;
   if ((options as { include_usage?: unknown } | undefined)?.include_usage !== undefined) return null;
-  request.stream_options = { ...(options as object | undefined), include_usage: true };
-  return Buffer.from(JSON.stringify(request));
+  // A copy: the parsed request stays as the client sent it.
+  return Buffer.from(
+    JSON.stringify({
+      ...request,
+      stream_options: { ...(options as object | undefined), include_usage: true },
+    }),
+  );
 }
 
 const MAX_PENDING_EVENT = 1 << 20;

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { askForStreamUsage, sseUsage, UsageChunkFilter, UsageTap } from '../../dataplane/proxy/usage-tap.ts';
+import {
+  askForStreamUsage,
+  parseJsonRequest,
+  sseUsage,
+  UsageChunkFilter,
+  UsageTap,
+} from '../../dataplane/proxy/usage-tap.ts';
 import { parseServerLoad, recordOutcome } from '../../dataplane/upstream/health.ts';
 import type { EndpointState } from '../../dataplane/upstream/endpoint.ts';
 
@@ -101,7 +107,9 @@ describe('passive outlier ejection', () => {
 describe('asking for stream usage on the client’s behalf', () => {
   it('adds include_usage only to streaming requests that did not decide it themselves', () => {
     const rewrite = (o: unknown) => {
-      const r = askForStreamUsage(Buffer.from(JSON.stringify(o)));
+      const request = parseJsonRequest(Buffer.from(JSON.stringify(o)));
+      if (request === null) throw new Error('not a JSON object');
+      const r = askForStreamUsage(request);
       return r === null ? null : (JSON.parse(r.toString()) as Record<string, unknown>);
     };
     expect(rewrite({ model: 'm', stream: true })).toEqual({
@@ -116,7 +124,8 @@ describe('asking for stream usage on the client’s behalf', () => {
     expect(rewrite({ stream: true, stream_options: { include_usage: true } })).toBeNull();
     expect(rewrite({ stream: false })).toBeNull();
     expect(rewrite({ model: 'm' })).toBeNull();
-    expect(askForStreamUsage(Buffer.from('{"stream": tru'))).toBeNull();
+    expect(parseJsonRequest(Buffer.from('{"stream": tru'))).toBeNull();
+    expect(parseJsonRequest(Buffer.from('[{"stream": true}]'))).toBeNull();
   });
 
   it('keeps the usage-only final chunk from the client, however the stream is split', () => {
