@@ -202,7 +202,7 @@ b AS (
 SELECT c.lease_id::text AS lease_id, l.lease_id IS NOT NULL AS live, c.seq > 0 AND NOT c.charge AS duplicate
 FROM c LEFT JOIN l ON l.lease_id = c.lease_id`;
 
-/** Delete leases (returned by their holder, or expired) and un-reserve their remainder. */
+/** Delete leases (returned by their holder, or expired) and un-reserve their remainder; counts them. */
 function releaseSql(where: string): string {
   return `
 WITH d AS (
@@ -211,13 +211,23 @@ WITH d AS (
 ),
 p AS (
   SELECT subject_kind, subject_id, period_start, sum(remaining) AS remaining FROM d GROUP BY 1, 2, 3
+),
+u AS (
+  UPDATE quota_balances b SET reserved = b.reserved - p.remaining, updated_at = now()
+  FROM p
+  WHERE b.subject_kind = p.subject_kind AND b.subject_id = p.subject_id AND b.period_start = p.period_start
+  RETURNING 1
 )
-UPDATE quota_balances b SET reserved = b.reserved - p.remaining, updated_at = now()
-FROM p
-WHERE b.subject_kind = p.subject_kind AND b.subject_id = p.subject_id AND b.period_start = p.period_start`;
+SELECT count(*)::int AS n FROM d`;
 }
 const RELEASE = releaseSql('lease_id = ANY($1::uuid[])');
 const RECLAIM_EXPIRED = releaseSql('expires_at < now()');
+
+/** Delete expired leases (a dead replica's) and un-reserve their remainder; returns how many. */
+export async function reclaimExpiredLeases(pool: pg.Pool): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(RECLAIM_EXPIRED);
+  return rows[0]?.n ?? 0;
+}
 
 const ROLL_PERIOD = `
 UPDATE quota_balances
