@@ -7,14 +7,21 @@
 //   --drain-ms / GPUGATE_DRAIN_MS (30000): how long SIGTERM waits for in-flight requests
 //   --operator-url / GPUGATE_OPERATOR_URL: ask the operator for the current snapshot at start (push token)
 //   --database-url / DATABASE_URL: migrate, then meter usage into this Postgres (flushed on SIGTERM
-//     after the drain) and serve GET /v1/usage and the admin usage routes; none: usage is not recorded
-//     and POST /webhook/register answers 503 (registrations are recorded there too)
+//     after the drain), enforce quotas with leases, keep async-task affinity there (shared by all
+//     replicas), run the scheduled maintenance (partitions, retention, expired tasks and leases) and
+//     serve GET /v1/usage and the admin usage routes; none: usage is not recorded, quotas are not
+//     enforced, tasks are remembered in memory, and POST /webhook/register answers 503
+//   --usage-retention-days / GPUGATE_USAGE_RETENTION_DAYS (90): raw usage events older than this are
+//     dropped (daily roll-ups stay); 0 keeps them forever
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
+import { createMaintenance } from './metering/maintenance.ts';
 import { migrate } from './metering/migrate.ts';
+import { createQuotaManager } from './metering/quota.ts';
+import { createTaskStore } from './metering/tasks.ts';
 import { createMeteringWriter } from './metering/writer.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
@@ -32,6 +39,7 @@ const { values } = parseArgs({
     'drain-ms': { type: 'string' },
     'operator-url': { type: 'string' },
     'database-url': { type: 'string' },
+    'usage-retention-days': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -40,7 +48,7 @@ if (values.help) {
   process.stdout.write(
     'usage: main.ts [--host H] [--port P] [--admin-host H] [--admin-port P] [--push-token-file F]\n' +
       '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n' +
-      '               [--database-url postgres://...]\n',
+      '               [--database-url postgres://...] [--usage-retention-days N]\n',
   );
   process.exit(0);
 }
@@ -71,11 +79,28 @@ if (token === null)
 
 const databaseUrl = values['database-url'] ?? env.DATABASE_URL;
 const registry = new Registry();
-let metering: { pool: pg.Pool; writer: ReturnType<typeof createMeteringWriter> } | null = null;
+function startMetering(pool: pg.Pool) {
+  return {
+    pool,
+    writer: createMeteringWriter({ pool, registry, logger }),
+    quota: createQuotaManager({ pool, registry, logger }),
+    tasks: createTaskStore({ pool }),
+    maintenance: createMaintenance({
+      pool,
+      registry,
+      logger,
+      retentionDays: intOf(
+        'usage-retention-days',
+        values['usage-retention-days'] ?? env.GPUGATE_USAGE_RETENTION_DAYS,
+        90,
+      ),
+    }),
+  };
+}
+let metering: ReturnType<typeof startMetering> | null = null;
 if (databaseUrl) {
   await migrate(databaseUrl);
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
-  metering = { pool, writer: createMeteringWriter({ pool, registry, logger }) };
+  metering = startMetering(new pg.Pool({ connectionString: databaseUrl, max: 4 }));
 }
 
 const plane = await createDataPlane({
@@ -84,6 +109,8 @@ const plane = await createDataPlane({
   ...(metering
     ? {
         usageSink: metering.writer,
+        quota: metering.quota,
+        taskStore: metering.tasks,
         usageDb: metering.pool,
         registrationStore: createPgRegistrationStore(metering.pool),
       }
@@ -136,6 +163,15 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       .close({ drainMs })
       .then(async () => {
         if (!metering) return;
+        await metering.maintenance.close();
+        // Settle what the drained requests spent and return the unspent slices to other replicas (an
+        // unreachable database: the slices come back when their leases expire).
+        await Promise.race([
+          metering.quota.close(),
+          new Promise((_, reject) =>
+            setTimeout(() => reject(new Error('timed out after 5 s')), 5000).unref(),
+          ),
+        ]).catch((err: unknown) => logger.warn({ err }, 'quota leases not settled and returned'));
         const outcome = await metering.writer.flushAndClose();
         logger.info(outcome, 'usage flushed');
         await metering.pool.end();
