@@ -9,15 +9,21 @@
 //   --dataplane-admin-port / GPUGATE_DATAPLANE_ADMIN_PORT (9090): used when the slice has no "admin" port
 //   --dataplane-url / GPUGATE_DATAPLANE_URLS (comma-separated): data-plane admin URLs pushed to as well
 //                                                    (data planes outside the cluster; the test tier)
-//   --listen / GPUGATE_OPERATOR_LISTEN (0.0.0.0:8082): GET /snapshot, /healthz, /readyz, /metrics
+//   --listen / GPUGATE_OPERATOR_LISTEN (0.0.0.0:8082): GET /snapshot, /fleet, /healthz, /readyz, /metrics
+//   --gateway-admin / GPUGATE_GATEWAY_ADMINS (comma-separated) ENDPOINT_URL=ADMIN_URL: a backend endpoint
+//     that is itself a gpugate has its admin API there; GET /fleet includes its view
+//   --gateway-admin-token-file / GPUGATE_GATEWAY_ADMIN_TOKEN: the chained gateways' admin token
+//     (default: our push token)
 //   --sidecar-image / GPUGATE_SIDECAR_IMAGE: the data-plane image injected for `dataplane: sidecar`
 //   --sidecar-token-secret / GPUGATE_SIDECAR_TOKEN_SECRET: Secret name (backend's namespace) mounted in sidecars
 //   DATABASE_URL: read tenants' usage from the metering tables; --usage-interval-ms (30000)
 //     and self-registered endpoints (registered_endpoints); --registration-interval-ms (5000) at the latest
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import { parseChainSpecs, type ChainTargets } from './aggregate/aggregate.ts';
 import { startOperator } from './controllers/manager.ts';
 import { startOperatorServer } from './server.ts';
 
@@ -32,6 +38,8 @@ const { values } = parseArgs({
     'dataplane-admin-port': { type: 'string' },
     'dataplane-url': { type: 'string', multiple: true },
     listen: { type: 'string' },
+    'gateway-admin': { type: 'string', multiple: true },
+    'gateway-admin-token-file': { type: 'string' },
     'sidecar-image': { type: 'string' },
     'sidecar-token-secret': { type: 'string' },
     'usage-interval-ms': { type: 'string' },
@@ -89,6 +97,20 @@ const [listenHost, listenPort] = (() => {
   const i = raw.lastIndexOf(':');
   return [raw.slice(0, i) || '0.0.0.0', int('--listen port', raw.slice(i + 1), 8082)] as const;
 })();
+const gatewayAdmins = [
+  ...(values['gateway-admin'] ?? []),
+  ...(env.GPUGATE_GATEWAY_ADMINS ?? '').split(',').filter((u) => u.trim() !== ''),
+];
+const gatewayTokenFile = values['gateway-admin-token-file'];
+const gatewayToken = gatewayTokenFile
+  ? readFileSync(gatewayTokenFile, 'utf8').trim()
+  : env.GPUGATE_GATEWAY_ADMIN_TOKEN || null;
+// Checked now so a typo fails at start; the token may be the push token, read later from its Secret.
+try {
+  parseChainSpecs('--gateway-admin', gatewayAdmins, '');
+} catch (err) {
+  fail((err as Error).message);
+}
 const sidecarImage = values['sidecar-image'] ?? env.GPUGATE_SIDECAR_IMAGE;
 const watchNamespace = values.namespace ?? env.GPUGATE_WATCH_NAMESPACE;
 
@@ -155,6 +177,20 @@ const { server, url } = await startOperatorServer(
     token: () => operator.pushToken(),
     ready: () => operator.ready(),
     isLeader: () => operator.isLeader(),
+    fleet: {
+      targets: () =>
+        operator.targets().map((t) => ({
+          url: t.url,
+          name: t.variant ? `${new URL(t.url).host} (sidecar of ${t.variant})` : new URL(t.url).host,
+          expectedRevision: operator.publisher.revisionFor(t),
+        })),
+      revision: () => operator.publisher.current()?.revision ?? null,
+      token: () => operator.pushToken(),
+      chains: (): ChainTargets => {
+        const token = gatewayToken ?? operator.pushToken();
+        return token === null ? {} : parseChainSpecs('--gateway-admin', gatewayAdmins, token);
+      },
+    },
   },
   listenHost,
   listenPort,

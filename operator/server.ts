@@ -1,11 +1,13 @@
 // The operator's own HTTP port: GET /snapshot (the current snapshot, for data planes that start; the
 // same push token as Bearer), /healthz, /readyz (informer caches synced), /metrics. Every replica
-// serves it, leader or not: followers keep their caches warm and compile too.
+// serves it, leader or not: followers keep their caches warm and compile too. With a fleet source,
+// GET /fleet and /fleet/tenants/<ns>/<name> (same token) merge the data planes' admin views.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Snapshot } from '../dataplane/config/snapshot.ts';
+import { fleetRoute, type FleetSource } from './aggregate/routes.ts';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -21,6 +23,8 @@ export interface OperatorServerDeps {
   token(): string | null;
   ready(): boolean;
   isLeader(): boolean;
+  /** The data planes behind GET /fleet; absent: 404. */
+  fleet?: FleetSource;
 }
 
 export async function startOperatorServer(
@@ -57,6 +61,18 @@ export async function startOperatorServer(
       const snapshot = deps.snapshot();
       if (!snapshot || !deps.ready()) return send(503, { error: 'no snapshot compiled yet' });
       return send(200, snapshot);
+    }
+    if (deps.fleet && path !== undefined && (path === '/fleet' || path.startsWith('/fleet/'))) {
+      const token = deps.token();
+      if (token === null || !tokenMatches(req.headers.authorization, token)) {
+        res.setHeader('www-authenticate', 'Bearer');
+        return send(401, { error: 'GET /fleet needs the push token as a Bearer token' });
+      }
+      fleetRoute(path, deps.fleet).then(
+        (answer) => (answer ? send(answer.status, answer.body) : send(404, { error: 'not found' })),
+        (err: unknown) => send(500, { error: `fleet view failed: ${(err as Error).message}` }),
+      );
+      return;
     }
     return send(404, { error: 'not found' });
   });

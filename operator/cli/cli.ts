@@ -57,12 +57,15 @@ export interface CliIo {
   stdout(text: string): void;
   stderr(text: string): void;
   env: NodeJS.ProcessEnv;
+  /** stdout is a terminal (colour in tables unless NO_COLOR); false when absent. */
+  tty?: boolean;
 }
 
 const processIo: CliIo = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
   env: process.env,
+  tty: process.stdout.isTTY === true,
 };
 
 function commandLine(c: Command): string {
@@ -248,6 +251,8 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
     note: (m) => {
       if (output === 'text') io.stderr(`${m}\n`);
     },
+    env: io.env,
+    color: io.tty === true && !io.env.NO_COLOR,
   };
 
   try {

@@ -42,6 +42,10 @@ export interface Context {
   hasDb(): boolean;
   /** Messages that are neither the answer nor an error (stderr). */
   note(message: string): void;
+  /** The environment the CLI runs with (GPUGATE_* defaults of options). */
+  env: NodeJS.ProcessEnv;
+  /** Whether stdout is a terminal without NO_COLOR (tables are coloured then). */
+  color: boolean;
 }
 
 export interface Command {

@@ -1,33 +1,112 @@
-// `gpugate status [backend <name>]`: the fleet view merged across data-plane admin ports
-// (operator/aggregate), as a table or JSON. Targets: --admin-url (repeatable) or GPUGATE_ADMIN_URLS,
-// token: --admin-token or GPUGATE_PUSH_TOKEN. `status tenant <ns/name>` asks each target's tenant view.
-import { aggregateFleet, type AdminTarget } from '../aggregate/aggregate.ts';
-import { renderStatus } from '../aggregate/render.ts';
-import { usageError, type Command } from './command.ts';
+// `gpugate status [backend <name> | tenant <ns/name>]`: the fleet view merged across data-plane admin
+// ports, as a table or JSON. Sources: --operator-url (the operator's GET /fleet, which knows every data
+// plane and the revision each should serve) or --admin-url (repeatable; the CLI aggregates itself). The
+// token: --admin-token or GPUGATE_PUSH_TOKEN (the push token, for both).
+import {
+  aggregateFleet,
+  aggregateTenant,
+  parseChainSpecs,
+  type AdminTarget,
+  type FleetStatus,
+  type TenantFleet,
+} from '../aggregate/aggregate.ts';
+import { renderStatus, renderTenant } from '../aggregate/render.ts';
+import { CliError, notFound, usageError, type Command, type Context } from './command.ts';
 
 const options = {
+  'operator-url': { type: 'string' },
   'admin-url': { type: 'string', multiple: true },
   'admin-token': { type: 'string' },
+  'gateway-admin': { type: 'string', multiple: true },
 } as const;
 
 const optionHelp = [
-  '  --admin-url URL       a data plane admin port (repeatable; also GPUGATE_ADMIN_URLS, comma-separated)',
+  '  --operator-url URL    the operator’s port (GET /fleet; also GPUGATE_OPERATOR_URL)',
+  '  --admin-url URL       or a data plane admin port (repeatable; also GPUGATE_ADMIN_URLS, comma-separated)',
   '  --admin-token TOKEN   the push token (also GPUGATE_PUSH_TOKEN)',
+  '  --gateway-admin ENDPOINT=ADMIN_URL  with --admin-url: a chained gpugate’s admin API (repeatable)',
 ];
 
-function targets(values: Record<string, unknown>): AdminTarget[] {
+type Source =
+  | { kind: 'operator'; url: string; token: string }
+  | { kind: 'admin'; targets: AdminTarget[]; chains: string[] };
+
+function source(env: NodeJS.ProcessEnv, values: Record<string, unknown>): Source {
+  const token = (values['admin-token'] as string | undefined) ?? env.GPUGATE_PUSH_TOKEN;
   const raw = values['admin-url'];
   const urls = Array.isArray(raw)
     ? (raw as string[])
-    : (process.env.GPUGATE_ADMIN_URLS ?? '').split(',').filter((u) => u !== '');
-  const token = (values['admin-token'] as string | undefined) ?? process.env.GPUGATE_PUSH_TOKEN;
-  if (urls.length === 0)
-    throw usageError('--admin-url is required (a data plane admin port, e.g. http://127.0.0.1:9090)');
+    : (env.GPUGATE_ADMIN_URLS ?? '').split(',').filter((u) => u !== '');
+  const operatorUrl =
+    (values['operator-url'] as string | undefined) ??
+    (urls.length === 0 ? env.GPUGATE_OPERATOR_URL : undefined);
+  if (operatorUrl && Array.isArray(raw)) throw usageError('give --operator-url or --admin-url, not both');
+  if (!operatorUrl && urls.length === 0)
+    throw usageError(
+      '--operator-url (the operator, e.g. http://127.0.0.1:8082) or --admin-url (a data plane admin port, e.g. http://127.0.0.1:9090) is required',
+    );
   if (!token) throw usageError('--admin-token (or GPUGATE_PUSH_TOKEN) is required');
-  return urls.map((u) => ({ name: new URL(u).host, adminUrl: u.replace(/\/+$/, ''), token }));
+  for (const u of operatorUrl ? [operatorUrl] : urls) {
+    try {
+      new URL(u);
+    } catch {
+      throw usageError(`${JSON.stringify(u)} is not a URL (e.g. http://127.0.0.1:9090)`);
+    }
+  }
+  const chains = (values['gateway-admin'] as string[] | undefined) ?? [];
+  if (operatorUrl) {
+    if (chains.length > 0)
+      throw usageError('--gateway-admin goes with --admin-url; the operator has its own --gateway-admin');
+    return { kind: 'operator', url: operatorUrl.replace(/\/+$/, ''), token };
+  }
+  return {
+    kind: 'admin',
+    targets: urls.map((u) => ({ name: new URL(u).host, adminUrl: u.replace(/\/+$/, ''), token })),
+    chains,
+  };
 }
 
-const color = () => process.stdout.isTTY === true && !process.env.NO_COLOR;
+async function fromOperator(url: string, token: string, path: string): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`${url}${path}`, {
+      headers: { authorization: `Bearer ${token}` },
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (err) {
+    const e = err as Error;
+    throw new CliError(
+      `the operator at ${url} could not be reached: ${e.cause instanceof Error ? e.cause.message : e.message}`,
+    );
+  }
+  const body = (await res.json().catch(() => null)) as { error?: string } | null;
+  if (!res.ok)
+    throw new CliError(`the operator at ${url} answered ${res.status}: ${body?.error ?? 'no error message'}`);
+  return body;
+}
+
+async function fleet(ctx: Context, values: Record<string, unknown>): Promise<FleetStatus> {
+  const s = source(ctx.env, values);
+  if (s.kind === 'operator') return (await fromOperator(s.url, s.token, '/fleet')) as FleetStatus;
+  let chains;
+  try {
+    chains = parseChainSpecs('--gateway-admin', s.chains, s.targets[0]!.token);
+  } catch (err) {
+    throw usageError((err as Error).message);
+  }
+  return aggregateFleet({ targets: s.targets, expectedRevision: null, chains });
+}
+
+const TENANT = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)\/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$/;
+
+function tenantId(ctx: Context, raw: string): string {
+  const id = raw.includes('/') ? raw : `${ctx.namespace()}/${raw}`;
+  if (!TENANT.test(id))
+    throw usageError(
+      `tenant ${JSON.stringify(raw)} is not <namespace>/<name> or <name> (lower-case letters, digits, '-' and '.')`,
+    );
+  return id;
+}
 
 export const statusCommands: Command[] = [
   {
@@ -36,9 +115,9 @@ export const statusCommands: Command[] = [
     args: [],
     options,
     optionHelp,
-    async run(_ctx, _pos, values) {
-      const fleet = await aggregateFleet({ targets: targets(values), expectedRevision: null });
-      return { text: renderStatus(fleet, { color: color() }), json: fleet };
+    async run(ctx, _pos, values) {
+      const f = await fleet(ctx, values);
+      return { text: renderStatus(f, { color: ctx.color }), json: f };
     },
   },
   {
@@ -47,42 +126,36 @@ export const statusCommands: Command[] = [
     args: ['<name>'],
     options,
     optionHelp,
-    async run(_ctx, [name], values) {
-      const fleet = await aggregateFleet({ targets: targets(values), expectedRevision: null });
-      const backends = fleet.backends.filter((b) => b.id === name || b.id.endsWith(`/${name}`));
+    async run(ctx, [name], values) {
+      const f = await fleet(ctx, values);
+      const backends = f.backends.filter((b) => b.id === name || b.id.endsWith(`/${name}`));
+      if (backends.length === 0)
+        throw notFound(
+          `no data plane serves a backend ${JSON.stringify(name)}; backends: ${f.backends.map((b) => b.id).join(', ') || 'none'}`,
+        );
       return {
-        text: renderStatus(fleet, { color: color(), backend: name as string }),
-        json: { ...fleet, backends },
+        text: renderStatus(f, { color: ctx.color, backend: name as string }),
+        json: { ...f, backends },
       };
     },
   },
   {
     path: ['status', 'tenant'],
-    summary: 'a tenant’s limits, buckets and quota on each data plane',
+    summary: 'a tenant’s limits, buckets, leases and quota on each data plane',
     args: ['<ns/name>'],
     options,
     optionHelp,
-    async run(_ctx, [name], values) {
-      const per = await Promise.all(
-        targets(values).map(async (t) => {
-          const res = await fetch(`${t.adminUrl}/admin/tenants/${name}`, {
-            headers: { authorization: `Bearer ${t.token}` },
-          }).catch((err: unknown) => err as Error);
-          if (res instanceof Error) return { target: t.name, error: res.message, view: null };
-          const view = (await res.json()) as Record<string, unknown>;
-          return res.ok
-            ? { target: t.name, error: null, view }
-            : { target: t.name, error: `answered ${res.status}`, view: null };
-        }),
-      );
-      const text = per
-        .map((p) =>
-          p.view
-            ? `${p.target}: ${JSON.stringify({ limits: p.view.limits, quota: p.view.quota })}`
-            : `${p.target}: ${p.error}`,
-        )
-        .join('\n');
-      return { text, json: per };
+    async run(ctx, [name], values) {
+      const id = tenantId(ctx, name as string);
+      const s = source(ctx.env, values);
+      const t =
+        s.kind === 'operator'
+          ? ((await fromOperator(s.url, s.token, `/fleet/tenants/${id}`)) as TenantFleet)
+          : await aggregateTenant(s.targets, id);
+      const answered = t.replicas.filter((r) => r.reachable);
+      if (answered.length > 0 && answered.every((r) => !r.view))
+        throw notFound(`no data plane knows tenant ${id}: ${answered[0]!.target} ${answered[0]!.error}`);
+      return { text: renderTenant(t, { color: ctx.color }), json: t };
     },
   },
 ];

@@ -67,6 +67,8 @@ export interface OperatorOptions {
 
 export interface Operator {
   publisher: Publisher;
+  /** Every data-plane admin URL pushed to (shared replicas, sidecars, --dataplane-url), for the fleet view. */
+  targets(): PushTarget[];
   isLeader(): boolean;
   ready(): boolean;
   pushToken(): string | null;
@@ -490,6 +492,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
   return {
     publisher,
+    targets,
     isLeader: () => leader.isLeader(),
     ready: () => synced,
     pushToken: () => token,

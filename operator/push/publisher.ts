@@ -42,6 +42,8 @@ export interface Publisher {
   /** Compiles now (used at start and by tests). */
   compile(): Snapshot;
   current(): Snapshot | null;
+  /** The revision a target should hold (its variant's for a sidecar); null before the first compile. */
+  revisionFor(target: PushTarget): string | null;
   /** Push the current snapshot to targets that have not acknowledged it (leader only). */
   pushAll(): void;
   /** Forget what targets acknowledged and push again (a data plane may have restarted behind its URL). */
@@ -205,6 +207,7 @@ export function createPublisher(opts: PublisherOptions): Publisher {
     },
     compile,
     current: () => current,
+    revisionFor: (t) => revisionFor(t) ?? null,
     pushAll,
     resync() {
       for (const s of states.values()) s.acked = null;
