@@ -14,8 +14,47 @@ export function codeClass(status: number): CodeClass {
   return '5xx';
 }
 
+/** A counter child the request path increments. */
+export interface CounterChild {
+  inc(value?: number): void;
+}
+
+/**
+ * Counter children whose increments are plain additions, handed to prom-client in one inc per series
+ * when the registry collects (a scrape). prom-client's own children build and hash a label object on
+ * every inc, which the request path paid several times per request.
+ */
+class Tally<L extends string> {
+  readonly #children = new Map<string, { labels: Record<L, string>; n: number; inc(value?: number): void }>();
+
+  /** The child for `key` (one string per label set, built by the caller), created with `labels` on first use. */
+  child(key: string, labels: Record<L, string>): CounterChild {
+    let c = this.#children.get(key);
+    if (c === undefined) {
+      c = {
+        labels,
+        n: 0,
+        inc(value = 1) {
+          this.n += value;
+        },
+      };
+      this.#children.set(key, c);
+    }
+    return c;
+  }
+
+  /** Adds what was counted since the last collect to the prom-client counter (its collect hook). */
+  flush(counter: Counter<L>): void {
+    for (const c of this.#children.values()) {
+      if (c.n === 0) continue;
+      counter.inc(c.labels, c.n);
+      c.n = 0;
+    }
+  }
+}
+
 export interface RequestMetricChildren {
-  byClass: Record<CodeClass, Counter.Internal>;
+  byClass: Record<CodeClass, CounterChild>;
   duration: Histogram.Internal<'backend'>;
 }
 
@@ -67,11 +106,15 @@ export interface MetricSources {
 }
 
 export function createMetrics(registry: Registry, sources: MetricSources): DataPlaneMetrics {
+  const requestTally = new Tally<'backend' | 'code_class'>();
   const requests = new Counter({
     name: 'gpugate_proxy_requests_total',
     help: 'Requests answered by the proxy, by backend and status class',
     labelNames: ['backend', 'code_class'] as const,
     registers: [registry],
+    collect() {
+      requestTally.flush(this);
+    },
   });
   const duration = new Histogram({
     name: 'gpugate_proxy_request_duration_seconds',
@@ -191,10 +234,10 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
   return {
     requestChildren: cached((backend) => ({
       byClass: {
-        '2xx': requests.labels(backend, '2xx'),
-        '3xx': requests.labels(backend, '3xx'),
-        '4xx': requests.labels(backend, '4xx'),
-        '5xx': requests.labels(backend, '5xx'),
+        '2xx': requestTally.child(`${backend}\n2xx`, { backend, code_class: '2xx' }),
+        '3xx': requestTally.child(`${backend}\n3xx`, { backend, code_class: '3xx' }),
+        '4xx': requestTally.child(`${backend}\n4xx`, { backend, code_class: '4xx' }),
+        '5xx': requestTally.child(`${backend}\n5xx`, { backend, code_class: '5xx' }),
       },
       duration: duration.labels(backend),
     })),
@@ -220,23 +263,35 @@ const MAX_MODEL_LABELS = 64;
  * first upstream byte by backend. `next` null: count only.
  */
 export function countUsage(registry: Registry, next: UsageSink | null): UsageSink {
-  const requests = new Counter({
+  const requestTally = new Tally<'tenant' | 'backend' | 'route' | 'code_class'>();
+  const tokenTally = new Tally<'tenant' | 'backend' | 'model' | 'kind'>();
+  const creditTally = new Tally<'tenant' | 'backend' | 'model'>();
+  new Counter({
     name: 'gpugate_usage_requests_total',
     help: 'Identified requests by tenant, backend, route prefix and status class',
     labelNames: ['tenant', 'backend', 'route', 'code_class'] as const,
     registers: [registry],
+    collect() {
+      requestTally.flush(this);
+    },
   });
-  const tokens = new Counter({
+  new Counter({
     name: 'gpugate_usage_tokens_total',
     help: 'Tokens by tenant, backend, model and kind (input, output); estimated when the backend reports none',
     labelNames: ['tenant', 'backend', 'model', 'kind'] as const,
     registers: [registry],
+    collect() {
+      tokenTally.flush(this);
+    },
   });
-  const credits = new Counter({
+  new Counter({
     name: 'gpugate_usage_credits_total',
     help: 'Credits charged by tenant, backend and model',
     labelNames: ['tenant', 'backend', 'model'] as const,
     registers: [registry],
+    collect() {
+      creditTally.flush(this);
+    },
   });
   const ttfb = new Histogram({
     name: 'gpugate_proxy_time_to_first_byte_seconds',
@@ -245,6 +300,7 @@ export function countUsage(registry: Registry, next: UsageSink | null): UsageSin
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [registry],
   });
+  const ttfbChild = cached((backend) => ttfb.labels(backend));
   const models = new Set<string>();
   const modelLabel = (model: string | null): string => {
     if (model === null) return '';
@@ -253,14 +309,26 @@ export function countUsage(registry: Registry, next: UsageSink | null): UsageSin
     models.add(model);
     return model;
   };
+  // Keys join label values with '\n'; the only client-chosen value (the model) comes last, so two
+  // label sets never share a key.
   const count = (e: UsageEvent): void => {
+    const { tenant } = e;
     const backend = e.backend ?? '';
-    const model = modelLabel(e.model);
-    requests.labels(e.tenant, backend, e.route ?? '', codeClass(e.status)).inc();
-    if (e.inputTokens > 0) tokens.labels(e.tenant, backend, model, 'input').inc(e.inputTokens);
-    if (e.outputTokens > 0) tokens.labels(e.tenant, backend, model, 'output').inc(e.outputTokens);
-    if (e.credits > 0) credits.labels(e.tenant, backend, model).inc(e.credits);
-    if (e.ttfbMs !== null) ttfb.labels(backend).observe(e.ttfbMs / 1000);
+    const route = e.route ?? '';
+    const code = codeClass(e.status);
+    requestTally
+      .child(`${tenant}\n${backend}\n${code}\n${route}`, { tenant, backend, route, code_class: code })
+      .inc();
+    if (e.inputTokens > 0 || e.outputTokens > 0 || e.credits > 0) {
+      const model = modelLabel(e.model);
+      const key = `${tenant}\n${backend}\n${model}`;
+      if (e.inputTokens > 0)
+        tokenTally.child(`input\n${key}`, { tenant, backend, model, kind: 'input' }).inc(e.inputTokens);
+      if (e.outputTokens > 0)
+        tokenTally.child(`output\n${key}`, { tenant, backend, model, kind: 'output' }).inc(e.outputTokens);
+      if (e.credits > 0) creditTally.child(key, { tenant, backend, model }).inc(e.credits);
+    }
+    if (e.ttfbMs !== null) ttfbChild(backend).observe(e.ttfbMs / 1000);
   };
   return {
     record(event) {
