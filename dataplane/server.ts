@@ -3,6 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
+import type { Server as TlsServer } from 'node:tls';
 import Fastify, { type FastifyError } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { Registry } from 'prom-client';
@@ -27,6 +28,7 @@ import type { TaskStore } from './metering/tasks.ts';
 import { MemoryTaskStore } from './tasks/store.ts';
 import { registrationRoutes } from './registration/routes.ts';
 import type { RegistrationStore } from './registration/store.ts';
+import { loadTlsPair, watchTlsPair, type TlsFiles } from './tls/certs.ts';
 import { UpstreamRegistry } from './upstream/endpoint.ts';
 import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
 
@@ -56,6 +58,11 @@ export interface DataPlaneOptions {
   /** Where POST /webhook/register records endpoints (createPgRegistrationStore); none: 503. */
   registrationStore?: RegistrationStore;
   listen: { host: string; port: number };
+  /**
+   * Serve HTTPS on the public port with this certificate and key (PEM files, reloaded when they
+   * change). The admin port stays plain HTTP (docs/security.md). None: plain HTTP.
+   */
+  tls?: TlsFiles & { onReload?: (outcome: 'reloaded' | 'refused') => void };
   /** token null disables PUT /config (a snapshot can still be applied in-process). */
   admin: { host: string; port: number; token: string | null };
   /** Names this gateway in Via for loop detection; shared by replicas of one gateway. Random by default. */
@@ -93,10 +100,10 @@ interface MeteringGate {
   canAdmit(failOpen: boolean): boolean;
 }
 
-function urlOf(app: { server: Server }): string {
+function urlOf(app: { server: Server }, scheme = 'http'): string {
   const addr = app.server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-  return `http://${host}:${addr.port}`;
+  return `${scheme}://${host}:${addr.port}`;
 }
 
 export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane> {
@@ -179,6 +186,13 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     return { accepted: true, changed: true, revision: snapshot.revision };
   }
 
+  // Read before anything listens: a bad certificate stops the start with a message naming the file.
+  const tlsPair = opts.tls ? loadTlsPair(opts.tls) : null;
+  const listenerOptions = {
+    headersTimeout: headersTimeoutMs,
+    connectionsCheckingInterval: Math.max(100, Math.min(5_000, headersTimeoutMs / 4)),
+  };
+
   // No Fastify logger on either port: it would create a child logger per request. The request path
   // logs through `logger` itself, once per event that matters.
   const proxy = Fastify({
@@ -189,10 +203,10 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     requestTimeout: 0,
     keepAliveTimeout: 65_000,
     return503OnClosing: true,
-    http: {
-      headersTimeout: headersTimeoutMs,
-      connectionsCheckingInterval: Math.max(100, Math.min(5_000, headersTimeoutMs / 4)),
-    },
+    // https.createServer takes the same listener options as http.createServer, plus the pair.
+    ...(tlsPair
+      ? { https: { cert: tlsPair.cert, key: tlsPair.key, ...listenerOptions } }
+      : { http: listenerOptions }),
   });
   proxy.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
@@ -302,13 +316,24 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     await proxy.close();
     throw err;
   }
-  const url = urlOf(proxy);
+  const url = urlOf(proxy, tlsPair ? 'https' : 'http');
+  const stopTlsWatch =
+    opts.tls && tlsPair
+      ? watchTlsPair(
+          opts.tls,
+          tlsPair,
+          () => [proxy.server as unknown as TlsServer],
+          logger,
+          opts.tls.onReload,
+        )
+      : () => undefined;
   const adminUrl = urlOf(admin);
   logger.info({ url, adminUrl, instanceId, version: GPUGATE_VERSION }, 'data plane listening');
 
   let closing: Promise<void> | null = null;
   async function close(closeOpts: { drainMs?: number } = {}): Promise<void> {
     draining = true;
+    stopTlsWatch();
     const drainMs = closeOpts.drainMs ?? 30_000;
     const drained = proxy.close();
     // close() drops connections idle at that moment; keep-alive connections whose last request

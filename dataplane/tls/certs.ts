@@ -1,0 +1,94 @@
+// TLS on the data plane's public port, for sidecar and no-ingress setups: a PEM certificate (chain)
+// and key read from files, as a Kubernetes Secret volume mounts them (tls.crt, tls.key). The files are
+// polled; when their content changes and the new pair forms a valid secure context, every listener
+// gets it with setSecureContext (new connections use it, open ones keep theirs). A pair that does not
+// load (half-written rotation, key that does not match) is refused and the old one kept. Messages name
+// the files, never their content.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext, type Server as TlsServer } from 'node:tls';
+import type { Logger } from 'pino';
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  /** How often the files are checked for a new pair; 0: never. Default 10 s. */
+  reloadIntervalMs?: number;
+}
+
+export interface TlsPair {
+  cert: Buffer;
+  key: Buffer;
+  /** SHA-256 of both files, to notice a change. */
+  digest: string;
+}
+
+export class TlsConfigError extends Error {}
+
+/** Reads and checks a certificate and key; throws a TlsConfigError naming the file and what is wrong. */
+export function loadTlsPair(files: TlsFiles): TlsPair {
+  const read = (what: string, file: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new TlsConfigError(
+        `cannot read the TLS ${what} file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
+    }
+  };
+  const cert = read('certificate', files.certFile);
+  const key = read('key', files.keyFile);
+  if (!cert.includes('-----BEGIN CERTIFICATE-----'))
+    throw new TlsConfigError(`the TLS certificate file ${files.certFile} holds no PEM certificate`);
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key.toString('latin1')))
+    throw new TlsConfigError(`the TLS key file ${files.keyFile} holds no PEM private key`);
+  try {
+    createSecureContext({ cert, key });
+  } catch (err) {
+    // OpenSSL's reason (e.g. "key values mismatch"), which never quotes the key.
+    throw new TlsConfigError(
+      `the TLS certificate ${files.certFile} and key ${files.keyFile} do not form a usable pair: ${(err as Error).message}`,
+    );
+  }
+  return { cert, key, digest: createHash('sha256').update(cert).update('\0').update(key).digest('hex') };
+}
+
+/**
+ * Polls the files and swaps the servers' secure context when they change. Returns a stop function.
+ * `onReload` is told of every outcome (tests and metrics).
+ */
+export function watchTlsPair(
+  files: TlsFiles,
+  initial: TlsPair,
+  servers: () => TlsServer[],
+  logger: Logger,
+  onReload?: (outcome: 'reloaded' | 'refused') => void,
+): () => void {
+  const interval = files.reloadIntervalMs ?? 10_000;
+  if (interval <= 0) return () => undefined;
+  let current = initial.digest;
+  let refused: string | null = null;
+  const timer = setInterval(() => {
+    let next: TlsPair;
+    try {
+      next = loadTlsPair(files);
+    } catch (err) {
+      // Say it once per distinct problem, not every interval.
+      const message = (err as Error).message;
+      if (message !== refused) {
+        refused = message;
+        logger.error({ problem: message }, 'new TLS certificate refused; serving the previous one');
+        onReload?.('refused');
+      }
+      return;
+    }
+    refused = null;
+    if (next.digest === current) return;
+    for (const s of servers()) s.setSecureContext({ cert: next.cert, key: next.key });
+    current = next.digest;
+    logger.info({ certFile: files.certFile }, 'TLS certificate reloaded');
+    onReload?.('reloaded');
+  }, interval);
+  timer.unref();
+  return () => clearInterval(timer);
+}

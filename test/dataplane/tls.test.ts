@@ -1,0 +1,190 @@
+// TLS on the data plane's public port: certificates made with openssl (test/fixtures/certs.ts), real
+// HTTPS clients that verify against the test CA, a certificate rotated on disk the way a Secret volume
+// is updated (new files renamed into place), a broken pair refused while the previous one keeps
+// serving, and bad files refused at start with a message naming the file.
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
+import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { apiKey, backend, chat, quietLogger, snapshotFor, startUpstream, type Upstream } from './harness.ts';
+
+interface Pair {
+  certFile: string;
+  keyFile: string;
+  cert: string;
+  key: string;
+}
+
+/** Fingerprint of the certificate the server presents to a new connection (verified against `ca`). */
+function presented(port: number, ca: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, ca, timeout: 5000 }, () => {
+      const fp = s.getPeerCertificate().fingerprint256;
+      s.end();
+      resolve(fp);
+    });
+    s.on('error', reject);
+    s.on('timeout', () => s.destroy(new Error('TLS handshake timed out')));
+  });
+}
+
+describe('data plane TLS', () => {
+  let dir: string;
+  let mount: string;
+  let ca1: TestCa;
+  let ca2: TestCa;
+  let first: Pair;
+  let second: Pair;
+  let up: Upstream;
+  let plane: DataPlane;
+  let port: number;
+  const outcomes: string[] = [];
+  const key = apiKey('team/a');
+
+  /** Puts a cert and key in the mounted folder the way the kubelet does: write aside, then rename. */
+  const install = (cert: string, keyPem: string) => {
+    writeFileSync(join(mount, '.tls.crt.new'), cert);
+    writeFileSync(join(mount, '.tls.key.new'), keyPem);
+    renameSync(join(mount, '.tls.key.new'), join(mount, 'tls.key'));
+    renameSync(join(mount, '.tls.crt.new'), join(mount, 'tls.crt'));
+  };
+  const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
+  const callWith = async (ca: string) => {
+    const agent = new Agent({ connect: { ca } });
+    try {
+      const res = await request(`${plane.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: chat('m'),
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${key.secret}` },
+        dispatcher: agent,
+      });
+      await res.body.dump();
+      return res.statusCode;
+    } finally {
+      await agent.close();
+    }
+  };
+  /** Polls (bounded in count) until the server presents `fp`. */
+  const untilPresented = async (fp: string, ca: string[]) => {
+    let seen = '';
+    for (let i = 0; i < 300 && seen !== fp; i++) {
+      seen = await presented(port, ca).catch(() => '');
+      if (seen !== fp) await new Promise((r) => setTimeout(r, 100));
+    }
+    return seen;
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'gpugate-tls-'));
+    mount = join(dir, 'mount');
+    mkdirSync(mount);
+    ca1 = await makeCa(dir, 'ca-one');
+    ca2 = await makeCa(dir, 'ca-two');
+    first = await makeServerCert(ca1, 'server-one');
+    second = await makeServerCert(ca2, 'server-two');
+    copyFileSync(first.certFile, join(mount, 'tls.crt'));
+    copyFileSync(first.keyFile, join(mount, 'tls.key'));
+    up = await startUpstream('up');
+    plane = await createDataPlane({
+      logger: quietLogger,
+      listen: { host: '127.0.0.1', port: 0 },
+      admin: { host: '127.0.0.1', port: 0, token: 'push-token-for-tests' },
+      tls: {
+        certFile: join(mount, 'tls.crt'),
+        keyFile: join(mount, 'tls.key'),
+        reloadIntervalMs: 100,
+        onReload: (o) => outcomes.push(o),
+      },
+    });
+    plane.applySnapshot(snapshotFor(backend('team/up', [up.url]), key.key));
+    port = Number(new URL(plane.url).port);
+  });
+  afterAll(async () => {
+    await plane?.close({ drainMs: 0 });
+    await up?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('serves HTTPS on the public port to a client that verifies against the CA', async () => {
+    expect(plane.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    expect(await callWith(ca1.pem)).toBe(200);
+    expect(up.requests.length).toBeGreaterThan(0);
+    expect(await presented(port, [ca1.pem])).toBe(fingerprint(first.cert));
+  });
+
+  it('a client that does not trust the CA, and a plain-HTTP client, get no answer from a backend', async () => {
+    const before = up.requests.length;
+    await expect(callWith(ca2.pem)).rejects.toMatchObject({
+      code: expect.stringMatching(/UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED|UNABLE_TO_GET_ISSUER/),
+    });
+    const plain = await request(`http://127.0.0.1:${port}/v1/chat/completions`, {
+      method: 'POST',
+      body: chat('m'),
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${key.secret}` },
+    }).then(
+      async (res) => {
+        await res.body.dump();
+        return res.statusCode;
+      },
+      () => 0,
+    );
+    expect(plain).not.toBe(200);
+    expect(up.requests.length).toBe(before);
+  });
+
+  it('the admin port stays plain HTTP', async () => {
+    expect(plane.adminUrl).toMatch(/^http:\/\//);
+    const res = await request(`${plane.adminUrl}/healthz`);
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+  });
+
+  it('a certificate rotated on disk is served to new connections without a restart', async () => {
+    install(second.cert, second.key);
+    expect(await untilPresented(fingerprint(second.cert), [ca1.pem, ca2.pem])).toBe(fingerprint(second.cert));
+    expect(outcomes).toContain('reloaded');
+    expect(await callWith(ca2.pem)).toBe(200);
+  });
+
+  it('a pair that does not match is refused and the previous certificate keeps serving', async () => {
+    const refusedBefore = outcomes.filter((o) => o === 'refused').length;
+    install(first.cert, second.key);
+    for (let i = 0; i < 300 && outcomes.filter((o) => o === 'refused').length === refusedBefore; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(outcomes.filter((o) => o === 'refused').length).toBe(refusedBefore + 1);
+    expect(await presented(port, [ca1.pem, ca2.pem])).toBe(fingerprint(second.cert));
+    expect(await callWith(ca2.pem)).toBe(200);
+    // Repaired: the next good pair is taken.
+    install(first.cert, first.key);
+    expect(await untilPresented(fingerprint(first.cert), [ca1.pem, ca2.pem])).toBe(fingerprint(first.cert));
+  });
+
+  it('refuses to start with a missing, non-PEM or mismatched pair, naming the file', async () => {
+    const start = (certFile: string, keyFile: string) =>
+      createDataPlane({
+        logger: quietLogger,
+        listen: { host: '127.0.0.1', port: 0 },
+        admin: { host: '127.0.0.1', port: 0, token: null },
+        tls: { certFile, keyFile, reloadIntervalMs: 0 },
+      });
+    const missing = join(dir, 'missing.crt');
+    await expect(start(missing, first.keyFile)).rejects.toThrow(
+      `cannot read the TLS certificate file ${missing}: ENOENT`,
+    );
+    const notPem = join(dir, 'not-pem.crt');
+    writeFileSync(notPem, 'hello');
+    await expect(start(notPem, first.keyFile)).rejects.toThrow(`${notPem} holds no PEM certificate`);
+    await expect(start(first.certFile, first.certFile)).rejects.toThrow(
+      `the TLS key file ${first.certFile} holds no PEM private key`,
+    );
+    const err = await start(first.certFile, second.keyFile).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toContain('do not form a usable pair');
+    expect((err as Error).message).not.toContain(second.key.split('\n')[1]!);
+  });
+});
