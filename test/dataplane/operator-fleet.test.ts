@@ -323,14 +323,12 @@ describe('gateway chains in the fleet view', () => {
       keys: [edgeKey.key],
     });
     writeFileSync(join(dir, 'inner.json'), JSON.stringify(innerSnap));
-    [inner, unconfigured] = await Promise.all(
-      ['inner', 'inner-2'].map((id) =>
-        startDataPlaneProcess({
-          token: TOKEN,
-          args: ['--instance-id', id, '--snapshot', join(dir, 'inner.json')],
-        }),
-      ),
-    );
+    const innerPlane = (id: string) =>
+      startDataPlaneProcess({
+        token: TOKEN,
+        args: ['--instance-id', id, '--snapshot', join(dir, 'inner.json')],
+      });
+    [inner, unconfigured] = await Promise.all([innerPlane('inner'), innerPlane('inner-2')]);
     edgeSnap = snapshot({
       backends: [
         backend('ns/regional', [inner.url, unconfigured.url], {
