@@ -1,10 +1,19 @@
 // One usage event per request that reached admission: the unit of metering. The request path
 // produces these; the metering writer batches them into Postgres, idempotent on requestId.
 
+/**
+ * The tenant of usage events for requests to public routes (no credentials): they reach admission
+ * and a backend like any other, so they are metered, under this pseudo-tenant that no Tenant can be
+ * (parentheses are not allowed in Kubernetes names). No quota applies; credits are what the route
+ * would cost, so reports show what public traffic costs. See docs/decisions.md.
+ */
+export const PUBLIC_TENANT = '(public)';
+
 export interface UsageEvent {
   requestId: string;
   /** Epoch milliseconds when the request arrived. */
   time: number;
+  /** Tenant id (namespace/name), or PUBLIC_TENANT for a request to a public route. */
   tenant: string;
   /** ApiKey id (namespace/name), null for JWT or public requests. */
   keyId: string | null;

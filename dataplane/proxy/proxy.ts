@@ -16,7 +16,7 @@ import type { Admitted } from '../admission/admission.ts';
 import { backendAllowed, modelAllowed, type Principal } from '../auth/identify.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
-import type { UsageSink } from '../metering/usage.ts';
+import { PUBLIC_TENANT, type UsageSink } from '../metering/usage.ts';
 import { servesOnlyAllowedModels, type CompiledBackend, type Runtime } from '../routing/runtime.ts';
 import type { RouteEntry } from '../routing/routes.ts';
 import type { TaskStore } from '../metering/tasks.ts';
@@ -178,6 +178,8 @@ class Exchange {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   principal: Principal | null = null;
+  /** A request to a public route (no credentials): metered under PUBLIC_TENANT. */
+  publicRoute = false;
   /** Rate-limit and quota admission; ended once with the usage when the request ends. */
   admitted: Admitted | null = null;
   backend: CompiledBackend | null = null;
@@ -566,7 +568,8 @@ class Proxy {
     children.byClass[codeClass(status)].inc();
     children.duration.observe(seconds);
     const metering = ex.trace?.phase('metering');
-    if ((this.deps.usageSink || ex.admitted?.wantsUsage) && ex.principal) this.emitUsage(ex, status, seconds);
+    if ((this.deps.usageSink || ex.admitted?.wantsUsage) && (ex.principal || ex.publicRoute))
+      this.emitUsage(ex, status, seconds);
     else ex.admitted?.end(null);
     metering?.end();
     if (ex.trace) ex.trace.end(status, this.traceAttributes(ex));
@@ -633,14 +636,14 @@ class Proxy {
         outputTokens * p.perOutputToken;
     }
     ex.admitted?.end({ inputTokens, outputTokens, credits });
-    const principal = ex.principal as Principal;
+    const principal = ex.principal;
     try {
       this.deps.usageSink?.record({
         requestId: ex.requestId,
         time: ex.time,
-        tenant: principal.tenant.id,
-        keyId: principal.key?.id ?? null,
-        userId: principal.userId,
+        tenant: principal ? principal.tenant.id : PUBLIC_TENANT,
+        keyId: principal?.key?.id ?? null,
+        userId: principal ? principal.userId : null,
         backend: b?.id ?? null,
         endpoint: ex.endpoint?.id ?? null,
         route: ex.route?.pathPrefix ?? null,
@@ -971,6 +974,7 @@ class Proxy {
     const longest = (entries[0] as RouteEntry<CompiledBackend>).route.pathPrefix;
     if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
       entries = entries.filter((e) => e.route.public);
+      ex.publicRoute = true;
     } else {
       const identify = ex.trace?.phase('identify');
       // API keys authenticate synchronously: no await (and no microtask) unless a JWT needs its key set.
