@@ -12,6 +12,7 @@ import type { UsageSink } from './metering/usage.ts';
 import { adminUsageRoutes, usageRoutes } from './usage/api.ts';
 import type { Db } from './usage/queries.ts';
 import { adminPlugin, type ApplyResult } from './admin/admin.ts';
+import { readiness, type MeteringProbe } from './admin/readiness.ts';
 import { adminViews } from './admin/views.ts';
 import { AccessLog, type AccessLogOptions } from './observability/access-log.ts';
 import { Tracing, type TracingOptions } from './observability/tracing.ts';
@@ -148,6 +149,11 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   // Every usage event is also counted per tenant (requests, tokens, credits by model, TTFB), with or
   // without a sink that stores it.
   const usageSink = countUsage(registry, sink ?? null);
+  // /readyz reports the metering writer's buffer (a sink without depth/health reports nothing).
+  const meteringProbe =
+    sink && 'depth' in sink && 'isHealthy' in sink && 'canAdmit' in sink
+      ? (sink as unknown as MeteringProbe)
+      : null;
   let current: Runtime | null = null;
   let draining = false;
 
@@ -292,9 +298,13 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     adminPlugin({
       registry,
       pushToken: opts.admin.token,
-      ready: () => current !== null,
-      draining: () => draining,
-      revision: () => current?.revision ?? null,
+      readiness: () =>
+        readiness({
+          snapshot: () => store.current,
+          snapshotAgeMs: () => store.ageMs(),
+          draining: () => draining,
+          metering: meteringProbe,
+        }),
       applySnapshot,
       upstreams: () => {
         const now = Date.now();

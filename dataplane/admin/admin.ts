@@ -1,10 +1,11 @@
-// The admin surface, on its own port and never routed by the ingress: liveness, readiness (after
-// the first snapshot), Prometheus metrics, endpoint status (health, ejection, load, gateway chains)
+// The admin surface, on its own port and never routed by the ingress: liveness, readiness (each check
+// with its reason, dataplane/admin/readiness.ts), Prometheus metrics, endpoint status (health, ejection, load, gateway chains)
 // and the snapshot push.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { SnapshotProblem } from '../config/validate.ts';
+import type { Readiness } from './readiness.ts';
 
 export type ApplyResult =
   | { accepted: true; changed: boolean; revision: string }
@@ -14,9 +15,8 @@ export interface AdminDeps {
   registry: Registry;
   /** The push token; null disables PUT /config. */
   pushToken: string | null;
-  ready(): boolean;
-  draining(): boolean;
-  revision(): string | null;
+  /** /readyz: every check with its reason (readiness()). */
+  readiness(): Readiness;
   applySnapshot(input: unknown): ApplyResult;
   /** Endpoint health, load and in-flight counts per backend of the current runtime. */
   upstreams(): unknown;
@@ -43,9 +43,8 @@ export function adminPlugin(deps: AdminDeps) {
     app.get('/healthz', async (_req, reply) => reply.send({ status: 'ok' }));
 
     app.get('/readyz', async (_req, reply) => {
-      if (deps.draining()) return reply.code(503).send({ status: 'draining' });
-      if (!deps.ready()) return reply.code(503).send({ status: 'waiting for the first snapshot' });
-      return reply.send({ status: 'ready', revision: deps.revision() });
+      const r = deps.readiness();
+      return reply.code(r.ready ? 200 : 503).send(r);
     });
 
     app.get('/metrics', async (_req, reply) => {
