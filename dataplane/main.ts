@@ -13,6 +13,9 @@
 //     enforced, tasks are remembered in memory, and POST /webhook/register answers 503
 //   --usage-retention-days / GPUGATE_USAGE_RETENTION_DAYS (90): raw usage events older than this are
 //     dropped (daily roll-ups stay); 0 keeps them forever
+//   --tls-cert-file / GPUGATE_TLS_CERT_FILE and --tls-key-file / GPUGATE_TLS_KEY_FILE (both or neither):
+//     serve HTTPS on the public port with this PEM pair, re-read every --tls-reload-ms /
+//     GPUGATE_TLS_RELOAD_MS (10000; 0: never) and swapped in when it changes; the admin port stays HTTP
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -26,6 +29,7 @@ import { createMeteringWriter } from './metering/writer.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
+import { TlsConfigError } from './tls/certs.ts';
 
 const { values } = parseArgs({
   options: {
@@ -40,6 +44,9 @@ const { values } = parseArgs({
     'operator-url': { type: 'string' },
     'database-url': { type: 'string' },
     'usage-retention-days': { type: 'string' },
+    'tls-cert-file': { type: 'string' },
+    'tls-key-file': { type: 'string' },
+    'tls-reload-ms': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -48,7 +55,8 @@ if (values.help) {
   process.stdout.write(
     'usage: main.ts [--host H] [--port P] [--admin-host H] [--admin-port P] [--push-token-file F]\n' +
       '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n' +
-      '               [--database-url postgres://...] [--usage-retention-days N]\n',
+      '               [--database-url postgres://...] [--usage-retention-days N]\n' +
+      '               [--tls-cert-file tls.crt --tls-key-file tls.key [--tls-reload-ms MS]]\n',
   );
   process.exit(0);
 }
@@ -103,6 +111,27 @@ if (databaseUrl) {
   metering = startMetering(new pg.Pool({ connectionString: databaseUrl, max: 4 }));
 }
 
+const tlsCertFile = values['tls-cert-file'] ?? env.GPUGATE_TLS_CERT_FILE;
+const tlsKeyFile = values['tls-key-file'] ?? env.GPUGATE_TLS_KEY_FILE;
+if (Boolean(tlsCertFile) !== Boolean(tlsKeyFile)) {
+  logger.fatal(
+    `TLS needs both --tls-cert-file (GPUGATE_TLS_CERT_FILE) and --tls-key-file (GPUGATE_TLS_KEY_FILE); only ${tlsCertFile ? 'the certificate' : 'the key'} was given`,
+  );
+  process.exit(2);
+}
+const tls =
+  tlsCertFile && tlsKeyFile
+    ? {
+        certFile: tlsCertFile,
+        keyFile: tlsKeyFile,
+        reloadIntervalMs: intOf(
+          'tls-reload-ms',
+          values['tls-reload-ms'] ?? env.GPUGATE_TLS_RELOAD_MS,
+          10_000,
+        ),
+      }
+    : undefined;
+
 const plane = await createDataPlane({
   logger,
   registry,
@@ -127,6 +156,11 @@ const plane = await createDataPlane({
   ...((values['instance-id'] ?? env.GPUGATE_INSTANCE_ID)
     ? { instanceId: values['instance-id'] ?? env.GPUGATE_INSTANCE_ID }
     : {}),
+  ...(tls ? { tls } : {}),
+}).catch((err: unknown) => {
+  if (!(err instanceof TlsConfigError)) throw err;
+  logger.fatal(err.message);
+  process.exit(2);
 });
 
 if (values.snapshot) {

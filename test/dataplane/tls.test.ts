@@ -11,6 +11,7 @@ import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
 import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, chat, quietLogger, snapshotFor, startUpstream, type Upstream } from './harness.ts';
 
 interface Pair {
@@ -186,5 +187,41 @@ describe('data plane TLS', () => {
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toContain('do not form a usable pair');
     expect((err as Error).message).not.toContain(second.key.split('\n')[1]!);
+  });
+
+  it('the process takes --tls-cert-file/--tls-key-file (the chart sets them from a Secret) and refuses half a pair', async () => {
+    const p = await startDataPlaneProcess({
+      token: 'push-token-for-tests',
+      args: ['--tls-cert-file', first.certFile, '--tls-key-file', first.keyFile],
+    });
+    try {
+      expect(p.url).toMatch(/^https:\/\//);
+      expect(p.adminUrl).toMatch(/^http:\/\//);
+      expect(await presented(Number(new URL(p.url).port), [ca1.pem])).toBe(fingerprint(first.cert));
+    } finally {
+      await p.kill();
+    }
+    const half = startProcess('dataplane/main.ts', [
+      '--port',
+      '0',
+      '--admin-port',
+      '0',
+      '--tls-cert-file',
+      first.certFile,
+    ]);
+    expect(await half.exited).toBe(2);
+    expect(half.log()).toContain('TLS needs both --tls-cert-file');
+    const mismatched = startProcess('dataplane/main.ts', [
+      '--port',
+      '0',
+      '--admin-port',
+      '0',
+      '--tls-cert-file',
+      first.certFile,
+      '--tls-key-file',
+      second.keyFile,
+    ]);
+    expect(await mismatched.exited).toBe(2);
+    expect(mismatched.log()).toContain('do not form a usable pair');
   });
 });
