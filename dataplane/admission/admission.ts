@@ -14,7 +14,15 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP, type BlockList } from 'node:net';
 import type { Logger } from 'pino';
-import type { Backend, ClientLimits, RateLimits, Route, Snapshot } from '../config/snapshot.ts';
+import type {
+  ApiKey,
+  Backend,
+  ClientLimits,
+  RateLimits,
+  Route,
+  Snapshot,
+  Tenant,
+} from '../config/snapshot.ts';
 import { gatewayError, type GatewayError } from '../errors.ts';
 import { addressIn, compileCidrs, normalizeAddress } from '../auth/cidr.ts';
 import {
@@ -116,6 +124,12 @@ interface Subject {
   state: LimitState;
 }
 
+interface LimitedSubjects {
+  readonly subjects: readonly Subject[];
+  /** A tokens-per-minute bucket among them: admission needs the request's token estimate. */
+  readonly tokens: boolean;
+}
+
 class Ticket implements Admitted {
   readonly headers: Readonly<Record<string, string>> | null;
   readonly wantsUsage: boolean;
@@ -194,6 +208,9 @@ export class CompiledAdmission {
    */
   readonly #quotaReady: Promise<void>;
   #quotaStored = false;
+  /** By key id, and by tenant id for principals without a key (JWT): see #limitedSubjects. */
+  readonly #keySubjects = new Map<string, LimitedSubjects>();
+  readonly #tenantSubjects = new Map<string, LimitedSubjects>();
 
   constructor(shared: Admission, snapshot: Snapshot) {
     const { logger } = shared.opts;
@@ -317,19 +334,11 @@ export class CompiledAdmission {
     if (principal === null) return this.#admitPublic(a.req, now);
     const { tenant, key } = principal;
     const shared = this.#shared;
-    const subjects: Subject[] = [];
-    if (key !== null && hasLimits(key.limits)) {
-      const l = replicaLimits(key.limits, this.#replicas);
-      if (!unlimited(l)) subjects.push({ label: 'key', state: shared.limits.state(`key:${key.id}`, l, now) });
-    }
-    if (hasLimits(tenant.limits)) {
-      const tl = replicaLimits(tenant.limits, this.#replicas);
-      if (!unlimited(tl))
-        subjects.push({ label: 'tenant', state: shared.limits.state(`tenant:${tenant.id}`, tl, now) });
-    }
+    const limited = this.#limitedSubjects(key, tenant, now);
+    const subjects = limited.subjects;
 
     const needsEstimate =
-      subjects.some((s) => s.state.tokens !== null) ||
+      limited.tokens ||
       (shared.quota !== null && (tenant.quota !== null || (key !== null && key.quota !== null)));
     const inputTokens = needsEstimate ? inputTokensOf(a.bodyBytes) : 0;
     const maxTokens = needsEstimate ? maxTokensOf(a.request, shared.opts.defaultMaxTokens ?? 256) : 0;
@@ -367,10 +376,36 @@ export class CompiledAdmission {
     return this.#admitQuota(quota, a, subjects, tokens, estimate, headers);
   }
 
+  /**
+   * The rate-limited subjects of a key (or of a JWT's tenant), configured on their first request under
+   * this snapshot and then reused: limits and the replica count do not change within a snapshot, and
+   * the states themselves (LimitStore) outlive it.
+   */
+  #limitedSubjects(key: ApiKey | null, tenant: Tenant, now: number): LimitedSubjects {
+    const cache = key === null ? this.#tenantSubjects : this.#keySubjects;
+    const id = key === null ? tenant.id : key.id;
+    let limited = cache.get(id);
+    if (limited !== undefined) return limited;
+    const store = this.#shared.limits;
+    const subjects: Subject[] = [];
+    if (key !== null && hasLimits(key.limits)) {
+      const l = replicaLimits(key.limits, this.#replicas);
+      if (!unlimited(l)) subjects.push({ label: 'key', state: store.state(`key:${key.id}`, l, now) });
+    }
+    if (hasLimits(tenant.limits)) {
+      const tl = replicaLimits(tenant.limits, this.#replicas);
+      if (!unlimited(tl))
+        subjects.push({ label: 'tenant', state: store.state(`tenant:${tenant.id}`, tl, now) });
+    }
+    limited = { subjects, tokens: subjects.some((s) => s.state.tokens !== null) };
+    cache.set(id, limited);
+    return limited;
+  }
+
   async #admitQuota(
     quota: QuotaManager,
     a: AdmitRequest,
-    subjects: Subject[],
+    subjects: readonly Subject[],
     tokens: number,
     estimate: number,
     headers: Record<string, string> | null,
@@ -482,16 +517,22 @@ export class CompiledAdmission {
     let bestLabel = '';
     let bestShare = Infinity;
     for (const { label, state } of subjects) {
-      for (const [kind, b] of [
-        ['requests', state.requests],
-        ['tokens', state.tokens],
-      ] as const) {
-        if (!b) continue;
-        const share = b.remaining(now) / b.capacity;
+      const r = state.requests;
+      if (r) {
+        const share = r.remaining(now) / r.capacity;
         if (share < bestShare) {
-          best = b;
+          best = r;
           bestShare = share;
-          bestLabel = `${label}; ${kind}`;
+          bestLabel = label === 'key' ? 'key; requests' : 'tenant; requests';
+        }
+      }
+      const t = state.tokens;
+      if (t) {
+        const share = t.remaining(now) / t.capacity;
+        if (share < bestShare) {
+          best = t;
+          bestShare = share;
+          bestLabel = label === 'key' ? 'key; tokens' : 'tenant; tokens';
         }
       }
     }
