@@ -39,7 +39,7 @@ import { JwksCache, JwtVerifiers, type JwksOptions } from '../auth/jwt.ts';
 import { compileCors, type CompiledCors } from '../http/cors.ts';
 import { AddressBuckets, LimitStore, replicaLimits, unlimited, type LimitState } from '../limits/limiter.ts';
 import type { TokenBucket } from '../limits/bucket.ts';
-import type { QuotaManager, QuotaTicket } from '../metering/quota.ts';
+import type { QuotaDecision, QuotaManager, QuotaTicket } from '../metering/quota.ts';
 import type { AdmissionRejectionReason } from '../metrics/metrics.ts';
 
 export interface AdmissionOptions {
@@ -373,6 +373,11 @@ export class CompiledAdmission {
     const p = a.backend.pricing;
     const estimate =
       p.perRequest + (a.route.cost ?? 0) + inputTokens * p.perInputToken + maxTokens * p.perOutputToken;
+    // The slice this replica holds usually decides at once: no promise, no microtask.
+    if (this.#quotaStored) {
+      const d = quota.tryAdmit(tenant.id, key?.id ?? null, estimate);
+      if (d !== null) return this.#quotaDecided(d, a, subjects, tokens, headers);
+    }
     return this.#admitQuota(quota, a, subjects, tokens, estimate, headers);
   }
 
@@ -422,6 +427,18 @@ export class CompiledAdmission {
       clearTimeout(timer);
     }
     const d = await quota.admit(tenant.id, key?.id ?? null, estimate);
+    return this.#quotaDecided(d, a, subjects, tokens, headers);
+  }
+
+  /** 429/503 for a refused quota decision, else the admission ticket. */
+  #quotaDecided(
+    d: QuotaDecision,
+    a: AdmitRequest,
+    subjects: readonly Subject[],
+    tokens: number,
+    headers: Record<string, string> | null,
+  ): Admitted | GatewayError | null {
+    const { tenant, key } = a.principal as Principal;
     if (!d.ok) {
       this.#undo(subjects, tokens);
       const whose = d.subject === 'key' && key ? `API key ${key.prefix}…` : `tenant ${tenant.id}`;
@@ -445,7 +462,7 @@ export class CompiledAdmission {
         end ? { 'retry-after': String(seconds(end.getTime() - Date.now())) } : undefined,
       );
     }
-    return this.#guarded(new Ticket(subjects, tokens, quota, d.ticket, headers), a.res);
+    return this.#guarded(new Ticket(subjects, tokens, this.#shared.quota, d.ticket, headers), a.res);
   }
 
   /**

@@ -22,3 +22,17 @@ export function periodEnd(period: QuotaPeriod, at: number): Date | null {
       : Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1),
   );
 }
+
+export interface PeriodBounds {
+  /** periodStart() of every instant in [from, until). */
+  start: string;
+  from: number;
+  until: number;
+}
+
+/** The period containing `at` as a range of instants, so callers can reuse its start. */
+export function periodBounds(period: QuotaPeriod, at: number): PeriodBounds {
+  if (period === 'None') return { start: '-infinity', from: -Infinity, until: Infinity };
+  const start = periodStart(period, at);
+  return { start, from: Date.parse(start), until: (periodEnd(period, at) as Date).getTime() };
+}

@@ -22,7 +22,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { pino, type Logger } from 'pino';
 import type pg from 'pg';
 import type { Quota, Snapshot } from '../config/snapshot.ts';
-import { periodEnd, periodStart } from './period.ts';
+import { periodBounds, periodEnd, periodStart, type PeriodBounds } from './period.ts';
 import { guardIdleErrors } from './writer.ts';
 
 export interface QuotaOptions {
@@ -67,6 +67,11 @@ export interface QuotaManager {
   /** Upsert the snapshot's quotas into quota_balances and track them. Call on every snapshot. */
   applySnapshot(snapshot: Pick<Snapshot, 'tenants' | 'keys'>): Promise<void>;
   admit(tenantId: string, keyId: string | null, estimatedCredits: number): Promise<QuotaDecision>;
+  /**
+   * admit() without I/O: the decision when this replica's slices (or a recent refusal) settle it,
+   * null when a lease request is needed (then call admit). Spares the request path a promise.
+   */
+  tryAdmit(tenantId: string, keyId: string | null, estimatedCredits: number): QuotaDecision | null;
   /** Record what an admitted request cost (0 when it produced nothing). Never blocks. */
   settle(ticket: QuotaTicket, actualCredits: number): void;
   /** One sync tick now: settle, renew, release idle leases, sweep expired ones. */
@@ -111,6 +116,8 @@ interface Subject {
   acquiring: Promise<void> | null;
   exhaustedUntil: number;
   exhaustedPeriodStart: string;
+  /** The current period's start and the wall-clock range it holds for (periodStart is not free). */
+  bounds: PeriodBounds | null;
   /** Period start this replica last rolled the balance to. */
   rolledTo: string;
   /** Credits admitted since the last acquire, and when that was: the spend rate for slice sizing. */
@@ -325,7 +332,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
   }
 
   async function acquire(subject: Subject, need: number, estimate: number): Promise<void> {
-    const start = periodStart(subject.quota.period, wallClock());
+    const start = startOf(subject, wallClock());
     const now = Date.now();
     if (subject.lease && !usable(subject.lease, start, now)) retire(subject);
     const elapsed = Math.max((now - subject.demandSince) / 1000, 0.05);
@@ -396,24 +403,44 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     | { ok: true; lease: Lease | null }
     | { ok: false; code: 'quota_exceeded' | 'quota_unavailable'; periodEnd: Date | null };
 
+  /** The subject's period start at `wall`, recomputed only when `wall` leaves the cached period. */
+  function startOf(subject: Subject, wall: number): string {
+    const b = subject.bounds;
+    if (b !== null && wall >= b.from && wall < b.until) return b.start;
+    subject.bounds = periodBounds(subject.quota.period, wall);
+    return subject.bounds.start;
+  }
+
+  /**
+   * Reserve `estimate` on one subject's slice in memory: the answer when it needs no database (the
+   * slice covers it, or a recent refusal stands), null when a lease request is needed.
+   */
+  function reserveNow(subject: Subject, estimate: number, wall: number, now: number): Reserve | null {
+    const start = startOf(subject, wall);
+    const lease = subject.lease;
+    if (usable(lease, start, now) && lease.held > 0 && lease.held >= estimate) {
+      lease.held = credits(lease.held - estimate);
+      lease.inflight++;
+      lease.lastUsed = now;
+      subject.demand += estimate;
+      return { ok: true, lease };
+    }
+    if (subject.exhaustedUntil > now && subject.exhaustedPeriodStart === start) {
+      return { ok: false, code: 'quota_exceeded', periodEnd: periodEnd(subject.quota.period, wall) };
+    }
+    return null;
+  }
+
   /** Reserve `estimate` on one subject's slice, leasing more when the slice is short. */
   async function reserve(subject: Subject, estimate: number): Promise<Reserve> {
     const wall = wallClock();
-    const start = periodStart(subject.quota.period, wall);
     for (let attempt = 0; attempt < 3; attempt++) {
       const now = Date.now();
-      const lease = subject.lease;
-      if (usable(lease, start, now) && lease.held > 0 && lease.held >= estimate) {
-        lease.held = credits(lease.held - estimate);
-        lease.inflight++;
-        lease.lastUsed = now;
-        subject.demand += estimate;
-        return { ok: true, lease };
-      }
-      if (subject.exhaustedUntil > now && subject.exhaustedPeriodStart === start) {
-        return { ok: false, code: 'quota_exceeded', periodEnd: periodEnd(subject.quota.period, wall) };
-      }
+      const answer = reserveNow(subject, estimate, wall, now);
+      if (answer) return answer;
       if (!subject.acquiring) {
+        const start = startOf(subject, wall);
+        const lease = subject.lease;
         const held = usable(lease, start, now) ? Math.max(0, lease.held) : 0;
         const need = Math.max(credits(estimate - held), CREDIT_PRECISION);
         subject.acquiring = acquire(subject, need, estimate).finally(() => {
@@ -438,11 +465,51 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     lease.inflight--;
   }
 
+  function refused(subject: Subject, r: Reserve & { ok: false }, estimate: number): QuotaDecision {
+    if (r.code === 'quota_unavailable' && subject.failOpen) {
+      return { ok: true, ticket: { estimate, unmetered: true, leases: [] } as Ticket };
+    }
+    refusals.labels(r.code).inc();
+    return r.code === 'quota_exceeded'
+      ? { ok: false, code: r.code, subject: subject.kind, periodEnd: r.periodEnd }
+      : { ok: false, code: r.code, subject: subject.kind };
+  }
+
+  function tryAdmit(tenantId: string, keyId: string | null, estimatedCredits: number): QuotaDecision | null {
+    const estimate = credits(Math.max(0, estimatedCredits));
+    const tenant = subjects.get(subjectKey('tenant', tenantId));
+    const key = keyId === null ? undefined : subjects.get(subjectKey('key', keyId));
+    const wall = wallClock();
+    const now = Date.now();
+    let tenantLease: Lease | null = null;
+    if (tenant) {
+      const r = reserveNow(tenant, estimate, wall, now);
+      if (r === null) return null;
+      if (!r.ok) return refused(tenant, r, estimate);
+      tenantLease = r.lease;
+    }
+    let keyLease: Lease | null = null;
+    if (key) {
+      const r = reserveNow(key, estimate, wall, now);
+      if (r === null || !r.ok) unreserve(tenantLease, estimate);
+      if (r === null) return null;
+      if (!r.ok) return refused(key, r, estimate);
+      keyLease = r.lease;
+    }
+    const leases: Lease[] = [];
+    if (tenantLease) leases.push(tenantLease);
+    if (keyLease) leases.push(keyLease);
+    const ticket: Ticket = { estimate, unmetered: false, leases };
+    return { ok: true, ticket };
+  }
+
   async function admit(
     tenantId: string,
     keyId: string | null,
     estimatedCredits: number,
   ): Promise<QuotaDecision> {
+    const now = tryAdmit(tenantId, keyId, estimatedCredits);
+    if (now) return now;
     const estimate = credits(Math.max(0, estimatedCredits));
     const tenant = subjects.get(subjectKey('tenant', tenantId));
     const key = keyId === null ? undefined : subjects.get(subjectKey('key', keyId));
@@ -455,13 +522,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         continue;
       }
       for (const lease of leases) unreserve(lease, estimate);
-      if (r.code === 'quota_unavailable' && subject.failOpen) {
-        return { ok: true, ticket: { estimate, unmetered: true, leases: [] } as Ticket };
-      }
-      refusals.labels(r.code).inc();
-      return r.code === 'quota_exceeded'
-        ? { ok: false, code: r.code, subject: subject.kind, periodEnd: r.periodEnd }
-        : { ok: false, code: r.code, subject: subject.kind };
+      return refused(subject, r, estimate);
     }
     const ticket: Ticket = { estimate, unmetered: false, leases };
     return { ok: true, ticket };
@@ -549,7 +610,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       for (const s of subjects.values()) {
         const lease = s.lease;
         if (!lease) continue;
-        const stale = lease.periodStart !== periodStart(s.quota.period, wall) || now >= lease.validUntil;
+        const stale = lease.periodStart !== startOf(s, wall) || now >= lease.validUntil;
         const idle = lease.inflight === 0 && now - lease.lastUsed > idleReleaseMs;
         if (stale || idle || closed) retire(s);
       }
@@ -633,6 +694,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
             acquiring: null,
             exhaustedUntil: 0,
             exhaustedPeriodStart: '',
+            bounds: null,
             rolledTo: '',
             demand: 0,
             demandSince: Date.now(),
@@ -653,6 +715,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       await syncFromNow(); // stores the limits (and then clears the refusal cache) before returning
     },
     admit,
+    tryAdmit,
     settle,
     sync,
     async close() {
