@@ -5,6 +5,9 @@
 //   --snapshot file.json: apply this snapshot at start
 //   --instance-id / GPUGATE_INSTANCE_ID: the gateway's name in Via (loop detection)
 //   --drain-ms / GPUGATE_DRAIN_MS (30000): how long SIGTERM waits for in-flight requests
+//   --access-log on|off, --access-log-level, --access-log-sample, --otlp-endpoint, --trace-sample (and
+//     their GPUGATE_* variables, GPUGATE_OTLP_HEADERS): the access log and tracing, see
+//     dataplane/observability/options.ts
 //   --operator-url / GPUGATE_OPERATOR_URL: ask the operator for the current snapshot at start (push token)
 //   --database-url / DATABASE_URL: migrate, then meter usage into this Postgres (flushed on SIGTERM
 //     after the drain), enforce quotas with leases, keep async-task affinity there (shared by all
@@ -29,6 +32,11 @@ import { createMeteringWriter } from './metering/writer.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
+import {
+  OBSERVABILITY_FLAGS,
+  ObservabilityConfigError,
+  observabilityOptions,
+} from './observability/options.ts';
 import { TlsConfigError } from './tls/certs.ts';
 
 const { values } = parseArgs({
@@ -47,6 +55,7 @@ const { values } = parseArgs({
     'tls-cert-file': { type: 'string' },
     'tls-key-file': { type: 'string' },
     'tls-reload-ms': { type: 'string' },
+    ...OBSERVABILITY_FLAGS,
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -54,6 +63,8 @@ const { values } = parseArgs({
 if (values.help) {
   process.stdout.write(
     'usage: main.ts [--host H] [--port P] [--admin-host H] [--admin-port P] [--push-token-file F]\n' +
+      '               [--access-log on|off] [--access-log-level L] [--access-log-sample 0..1]\n' +
+      '               [--otlp-endpoint URL [--trace-sample 0..1]]\n' +
       '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n' +
       '               [--database-url postgres://...] [--usage-retention-days N]\n' +
       '               [--tls-cert-file tls.crt --tls-key-file tls.key [--tls-reload-ms MS]]\n',
@@ -63,6 +74,15 @@ if (values.help) {
 
 const env = process.env;
 const logger = pino({ level: env.LOG_LEVEL ?? 'info' });
+
+let observability: ReturnType<typeof observabilityOptions>;
+try {
+  observability = observabilityOptions(values, env);
+} catch (err) {
+  if (!(err instanceof ObservabilityConfigError)) throw err;
+  logger.fatal(err.message);
+  process.exit(2);
+}
 
 function intOf(name: string, value: string | undefined, fallback: number): number {
   if (value === undefined || value === '') return fallback;
@@ -135,6 +155,8 @@ const tls =
 const plane = await createDataPlane({
   logger,
   registry,
+  accessLog: observability.accessLog,
+  tracing: observability.tracing,
   ...(metering
     ? {
         usageSink: metering.writer,

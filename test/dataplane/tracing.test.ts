@@ -1,45 +1,12 @@
 // Tracing: a client's W3C traceparent/tracestate reach the GPU simulator (forwarded untouched when
 // tracing is off, continued by the gateway's upstream span when on), and spans for identify,
 // routing, admission, upstream and metering are exported to a local OTLP/HTTP receiver.
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
+import { startOtlpReceiver, type OtlpReceiver } from '../fixtures/otlp-receiver.ts';
 import { apiKey, backend, chat, snapshot, startPlane, tenant, until } from './harness.ts';
-
-interface OtlpSpan {
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  attributes?: { key: string; value: Record<string, unknown> }[];
-}
-
-/** A loopback OTLP/HTTP receiver that decodes the JSON encoding the exporter sends. */
-async function startOtlpReceiver(): Promise<{ url: string; spans: OtlpSpan[]; server: Server }> {
-  const spans: OtlpSpan[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      let body = Buffer.concat(chunks);
-      if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
-      expect(req.url).toBe('/v1/traces');
-      expect(req.headers['content-type']).toContain('application/json');
-      const doc = JSON.parse(body.toString('utf8')) as {
-        resourceSpans: { scopeSpans: { spans: OtlpSpan[] }[] }[];
-      };
-      for (const rs of doc.resourceSpans) for (const ss of rs.scopeSpans) spans.push(...ss.spans);
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`, spans, server };
-}
 
 const CLIENT_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const CLIENT_PARENT = '00f067aa0ba902b7';
@@ -49,7 +16,7 @@ describe('tracing', () => {
   let sim: Simulator;
   let off: DataPlane;
   let on: DataPlane;
-  let receiver: Awaited<ReturnType<typeof startOtlpReceiver>>;
+  let receiver: OtlpReceiver;
   const key = apiKey('team/a');
 
   beforeAll(async () => {
@@ -69,8 +36,7 @@ describe('tracing', () => {
     await off.close({ drainMs: 1000 });
     await on.close({ drainMs: 1000 });
     await sim.close();
-    receiver.server.closeAllConnections();
-    await new Promise<void>((r) => receiver.server.close(() => r()));
+    await receiver.close();
   });
 
   const complete = async (plane: DataPlane, requestId: string) => {
@@ -131,5 +97,7 @@ describe('tracing', () => {
       'gpugate.request_id': 'trace-on-1',
     });
     expect(JSON.stringify(receiver.spans)).not.toContain(key.secret);
+    expect(receiver.exports.every((e) => e.path === '/v1/traces')).toBe(true);
+    expect(receiver.exports[0]?.headers['content-type']).toContain('application/json');
   });
 });
