@@ -134,8 +134,15 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
 
   if (!command) {
     if (leading.length === 0 || argv.includes('--help') || argv.includes('-h') || leading[0] === 'help') {
-      io.stdout(overview());
-      return leading.length === 0 && !argv.includes('--help') && !argv.includes('-h') ? EXIT.usage : EXIT.ok;
+      const asked = argv.includes('--help') || argv.includes('-h') || leading[0] === 'help';
+      if (asked) {
+        io.stdout(overview());
+        return EXIT.ok;
+      }
+      // No command: a usage error, so the overview goes to stderr, followed by the error itself, and
+      // a script reading stdout gets nothing instead of help text.
+      if (output === 'text') io.stderr(overview());
+      return fail(usageError('no command given (gpugate --help lists them)'));
     }
     const group = COMMANDS.filter((c) => c.path[0] === leading[0]);
     const hint =
@@ -157,17 +164,32 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
     values = parsed.values as Record<string, string | boolean | undefined>;
     positionals = parsed.positionals;
   } catch (err) {
-    const negative = /Unknown option '(-\d[^']*)'/.exec((err as Error).message);
-    if (negative) {
+    // parseArgs reads "-0.5" or "-Infinity" as a group of short options and names only the first
+    // ("-0", "-I"); show the argument as it was given, and say what a negative number is wrong for.
+    const short = /Unknown option '(-[^-'][^']*)'/.exec((err as Error).message);
+    if (short) {
+      const given =
+        argv.slice(command.path.length).find((a) => a.startsWith(short[1]!) && !a.startsWith('--')) ??
+        short[1]!;
+      if (/^-(\d|\.\d|Infinity|NaN)/.test(given)) {
+        return fail(
+          usageError(
+            `${command.args.at(-1) ?? 'the value'} must be a number of at least 0, got ${JSON.stringify(given)}`,
+          ),
+        );
+      }
       return fail(
         usageError(
-          `${command.args.at(-1) ?? 'the value'} must be a number of at least 0, got ${JSON.stringify(negative[1])}`,
+          `unknown option ${JSON.stringify(given)} (${commandLine(command)}; --help lists the options)`,
         ),
       );
     }
     return fail(
       usageError(
-        `${(err as Error).message.replace(/\. To specify a positional.*$/s, '')} (${commandLine(command)}; --help lists the options)`,
+        `${(err as Error).message
+          .replace(/\. To specify a positional.*$/s, '')
+          .replace(/\s*To specify an option argument.*$/s, '')
+          .replace(/\s*\n\s*/g, ' ')} (${commandLine(command)}; --help lists the options)`,
       ),
     );
   }
