@@ -114,6 +114,48 @@ describe('metering writer', () => {
     expect(duplicates).toBeGreaterThanOrEqual(1);
   });
 
+  it('stores text, times and numbers exactly as recorded, whatever characters the text holds', async () => {
+    await pool.query('TRUNCATE usage_events, usage_daily');
+    const writer = createMeteringWriter({ pool, flushIntervalMs: 10 });
+    // The model comes from the client's JSON body: anything can be in it.
+    const awkward = [
+      'a"b',
+      'back\\slash',
+      '{braces},commas',
+      'NULL',
+      '',
+      ' spaced ',
+      'ünï😀',
+      'nul\u0000byte',
+    ];
+    const time = Date.parse('2030-06-01T12:34:56.789Z');
+    const events = awkward.map((model, i) =>
+      usageEvent({
+        model,
+        time: time + i,
+        credits: 0.1 + 0.2,
+        durationMs: 1.6,
+        ttfbMs: i === 0 ? null : 2.4,
+      }),
+    );
+    for (const e of events) writer.record(e);
+    await writer.flushAndClose();
+    const { rows } = await pool.query<{
+      model: string;
+      ms: string;
+      credits: string;
+      duration_ms: number;
+      ttfb_ms: number | null;
+    }>(
+      `SELECT model, (extract(epoch FROM time) * 1000)::bigint::text AS ms, credits::text, duration_ms, ttfb_ms
+       FROM usage_events ORDER BY time`,
+    );
+    expect(rows.map((r) => r.model)).toEqual(awkward.map((m) => m.replaceAll('\u0000', '')));
+    expect(rows.map((r) => Number(r.ms))).toEqual(events.map((e) => e.time));
+    expect(rows[0]).toMatchObject({ credits: '0.30000000000000004', duration_ms: 2, ttfb_ms: null });
+    expect(rows[1]).toMatchObject({ ttfb_ms: 2 });
+  });
+
   it('rolls events up per tenant, day, key, backend and model, counting errors', async () => {
     await pool.query('TRUNCATE usage_events, usage_daily');
     const writer = createMeteringWriter({ pool, flushIntervalMs: 10 });
