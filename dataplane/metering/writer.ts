@@ -105,13 +105,12 @@ rolled AS (
 )
 SELECT (SELECT count(*) FROM inserted)::int AS inserted`;
 
-/** Characters a quoted array element must escape, and NUL, which Postgres text cannot hold. */
-const NEEDS_ESCAPE = /["\\\u0000]/;
 
 /** A text value as a quoted array element: "..." with \ and " escaped, NUL dropped. */
 function textElement(v: string | null): string {
   if (v === null) return 'NULL';
-  if (!NEEDS_ESCAPE.test(v)) return '"' + v + '"';
+  // Characters a quoted array element must escape, and NUL, which Postgres text cannot hold.
+  if (!v.includes('"') && !v.includes('\\') && !v.includes('\u0000')) return '"' + v + '"';
   return '"' + v.replaceAll('\u0000', '').replaceAll('\\', '\\\\').replaceAll('"', '\\"') + '"';
 }
 
