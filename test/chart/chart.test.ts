@@ -140,6 +140,13 @@ describe('chart', () => {
       valueFrom: { secretKeyRef: { name: 'gpugate-full-postgres', key: 'url' } },
     });
     expect(env.GPUGATE_INSTANCE_ID?.value).toBe('edge-gateway');
+    expect(env.GPUGATE_ACCESS_LOG_LEVEL?.value).toBe('warn');
+    expect(env.GPUGATE_ACCESS_LOG_SAMPLE?.value).toBe('0.25');
+    expect(env.GPUGATE_OTLP_ENDPOINT?.value).toBe('http://otel-collector.observability:4318/v1/traces');
+    expect(env.GPUGATE_TRACE_SAMPLE?.value).toBe('0.1');
+    expect(env.GPUGATE_OTLP_HEADERS).toMatchObject({
+      valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } },
+    });
     const rule = one(objects, 'PrometheusRule');
     expect(JSON.stringify(rule)).toContain('runbooks.example.com/gpugate#gpugatehigherrorratio');
     expect(JSON.stringify(rule)).toContain('le=\\"10\\"');

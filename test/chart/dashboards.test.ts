@@ -111,6 +111,7 @@ describe('dashboards on a real Prometheus', () => {
     };
     const research = apiKey('team/research');
     const trial = apiKey('team/trial');
+    const limited = apiKey('team/limited');
     const s = snapshot({
       backends: [
         // One good and one dead endpoint, passive health only: connect errors, retries, ejections.
@@ -133,8 +134,10 @@ describe('dashboards on a real Prometheus', () => {
         tenant('team/research'),
         // Three credits a day and one model: quota refusals and 403s.
         tenant('team/trial', { allowedModels: ['sim-llama-8b'], quota: { credits: 3, period: 'Daily' } }),
+        // Six requests a minute: the rest of its traffic is refused by its rate limit (the 429 panels).
+        tenant('team/limited', { limits: { requestsPerMinute: 6 } }),
       ],
-      keys: [research.key, trial.key],
+      keys: [research.key, trial.key, limited.key],
     });
     plane = await createDataPlane({
       logger: quietLogger,
@@ -260,6 +263,7 @@ spec: {tenant: acme}
         ...Array.from({ length: 4 }, () => send(research.secret, 'tight-model')),
         send(trial.secret, 'sim-llama-8b'),
         send(trial.secret, 'tight-model'),
+        send(limited.secret, 'sim-llama-8b'),
       ]);
       for (const st of batch) statuses.set(st, (statuses.get(st) ?? 0) + 1);
     }
