@@ -121,10 +121,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const metrics = createMetrics(registry, {
     snapshotAgeMs: () => store.ageMs(),
     queueDepths: () => upstreams.queueDepths(),
-    *inflight() {
-      for (const b of current?.backends ?? [])
-        yield [b.id, b.endpoints.reduce((n, e) => n + e.inflight, 0)] as [string, number];
-    },
+    inflight: () => upstreams.inflight(),
     *endpointHealth() {
       const now = Date.now();
       for (const b of current?.backends ?? [])

@@ -206,6 +206,17 @@ export class UpstreamRegistry {
     return closing;
   }
 
+  /**
+   * In-flight requests per backend over every live endpoint: also those only a replaced runtime still
+   * uses (a request that started before a swap removed its endpoint or backend) until it ends.
+   */
+  *inflight(): Iterable<[string, number]> {
+    const sums = new Map<string, number>();
+    for (const e of this.#endpoints.values())
+      sums.set(e.backendId, (sums.get(e.backendId) ?? 0) + e.inflight);
+    yield* sums;
+  }
+
   *queueDepths(): Iterable<[string, number]> {
     for (const [id, b] of this.#backends) yield [id, b.waiters.length];
   }

@@ -150,3 +150,47 @@ describe('metering writer metrics', () => {
     await pool.end();
   });
 });
+
+describe('in-flight requests across a snapshot swap', () => {
+  it('still counts a request whose backend the new snapshot removed, until it ends', async () => {
+    const held: ServerResponse[] = [];
+    const up = await startUpstream('slow', (_req, res) => held.push(res));
+    const plane = await startPlane();
+    const key = apiKey('team/a');
+    const parts = { tenants: [tenant('team/a')], keys: [key.key] };
+    try {
+      plane.applySnapshot(snapshot({ backends: [backend('ns/old', [up.url])], ...parts }));
+      const pending = request(`${plane.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${key.secret}` },
+        body: chat('m'),
+      });
+      await until(() => held.length === 1);
+      plane.applySnapshot(snapshot({ backends: [backend('ns/new', [up.url])], ...parts }));
+      const gauge = async () =>
+        (await (await request(plane.adminUrl + '/metrics')).body.text())
+          .split('\n')
+          .filter((l) => l.startsWith('gpugate_upstream_inflight_requests{'));
+      expect((await gauge()).sort()).toEqual([
+        'gpugate_upstream_inflight_requests{backend="ns/new"} 0',
+        'gpugate_upstream_inflight_requests{backend="ns/old"} 1',
+      ]);
+      held[0]!.writeHead(200, { 'content-type': 'application/json', 'content-length': 2 });
+      held[0]!.end('{}');
+      const res = await pending;
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      // The replaced runtime retires once its last request ended; its endpoints go with it.
+      let lines = await gauge();
+      for (let i = 0; i < 200 && lines.some((l) => l.includes('ns/old')); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        lines = await gauge();
+      }
+      expect(lines).toEqual(['gpugate_upstream_inflight_requests{backend="ns/new"} 0']);
+    } finally {
+      for (const r of held) r.destroy();
+      await plane.close({ drainMs: 0 });
+      await up.close();
+    }
+  });
+});
