@@ -14,6 +14,8 @@ const SSE_TAIL_BYTES = 16 << 10;
 /** The start of an SSE event carrying a JSON object (a chunk), with or without the space. */
 const DATA_OBJECT = [Buffer.from('\ndata: {'), Buffer.from('\ndata:{')] as const;
 const CARRY_BYTES = DATA_OBJECT[0].length - 1;
+/** Shared by every tap (only ever replaced, never written): no buffer per request. */
+const STREAM_START = Buffer.from('\n');
 
 export class UsageTap {
   bytes = 0;
@@ -24,7 +26,7 @@ export class UsageTap {
   /** SSE: `data: {` events seen so far (whole stream, not just the tail). */
   #events = 0;
   /** SSE: the last bytes of the previous chunk, for an event start split across chunks ('\n': stream start). */
-  #carry: Buffer = Buffer.from('\n');
+  #carry: Buffer = STREAM_START;
 
   constructor(contentType: string | undefined, readUsage: boolean) {
     if (!readUsage || !contentType) this.#mode = 'none';
@@ -33,8 +35,8 @@ export class UsageTap {
     else this.#mode = 'none';
   }
 
-  /** Bound as a 'data' listener next to the pipe to the client. */
-  readonly onData = (chunk: Buffer): void => {
+  /** Every response chunk on its way to the client. */
+  onData(chunk: Buffer): void {
     this.bytes += chunk.length;
     if (this.#mode === 'none') return;
     if (this.#mode === 'json') {
@@ -55,7 +57,7 @@ export class UsageTap {
     while (this.#held - (this.#chunks[0]?.length ?? 0) >= SSE_TAIL_BYTES && this.#chunks.length > 1) {
       this.#held -= (this.#chunks.shift() as Buffer).length;
     }
-  };
+  }
 
   /**
    * SSE: the number of `data: {...}` events (chunks) that passed, for an output-token estimate when the
@@ -83,7 +85,8 @@ export class UsageTap {
   /** The usage the backend reported, or null when it reported none (the caller estimates then). */
   usage(): TokenUsage | null {
     if (this.#mode === 'none' || this.#overflow || this.#chunks.length === 0) return null;
-    const text = Buffer.concat(this.#chunks).toString('utf8');
+    const chunks = this.#chunks;
+    const text = (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8');
     if (this.#mode === 'json') {
       try {
         return usageOf(JSON.parse(text));
