@@ -23,6 +23,8 @@ export async function startGateway(
     scrapeMs?: number;
     /** GPUGATE_BENCH_METERING for the runner: `none`, or a Postgres URL (default: a counting sink). */
     metering?: string;
+    /** GPUGATE_BENCH_TRACING for the runner: `off` (default), `unsampled`, `noop`, or an OTLP URL. */
+    tracing?: string;
   } = {},
 ): Promise<GatewayProcess> {
   const root = resolve(import.meta.dirname, '..', '..');
@@ -41,7 +43,11 @@ export async function startGateway(
     {
       cwd: root,
       stdio: ['ignore', 'pipe', 'inherit'],
-      ...(opts.metering ? { env: { ...process.env, GPUGATE_BENCH_METERING: opts.metering } } : {}),
+      env: {
+        ...process.env,
+        ...(opts.metering ? { GPUGATE_BENCH_METERING: opts.metering } : {}),
+        ...(opts.tracing ? { GPUGATE_BENCH_TRACING: opts.tracing } : {}),
+      },
     },
   );
   const [url, adminUrl] = await new Promise<[string, string]>((res, rej) => {

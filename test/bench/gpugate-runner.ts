@@ -5,8 +5,12 @@
 // GPUGATE_BENCH_METERING: `none` for no sink at all; a Postgres URL for the real metering path: the
 // batching writer (createMeteringWriter) and the quota manager on one pool of 4, and a quota on the
 // bench tenant high enough never to refuse (test/bench/metered.ts).
+// GPUGATE_BENCH_TRACING (test/bench/tracing.ts): `off` (default: no tracing, as shipped), `unsampled`
+// (the SDK on with sampleRatio 0: every span non-recording), `noop` (every request sampled, spans batched
+// and handed to an exporter that discards them), or an OTLP/HTTP traces URL (sampled and exported).
 // Usage: node test/bench/gpugate-runner.ts <port> <upstream-url>[,<url>...] <key-file> [policy] [scrape-ms]
 import { writeFileSync } from 'node:fs';
+import { ExportResultCode } from '@opentelemetry/core';
 import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
@@ -14,6 +18,7 @@ import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/
 import type { UsageEvent, UsageSink } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import { createDataPlane } from '../../dataplane/server.ts';
+import type { TracingOptions } from '../../dataplane/observability/tracing.ts';
 import { benchSnapshot } from './bench-snapshot.ts';
 
 const [port, upstream, keyFile, policy, scrapeMs] = process.argv.slice(2);
@@ -34,9 +39,23 @@ const counting: UsageSink = {
     tokens += e.inputTokens + e.outputTokens;
   },
 };
+const tracingMode = process.env.GPUGATE_BENCH_TRACING ?? 'off';
+const discard: NonNullable<TracingOptions['exporter']> = {
+  export: (_spans, done) => done({ code: ExportResultCode.SUCCESS }),
+  shutdown: async () => undefined,
+};
+const tracing: TracingOptions | null =
+  tracingMode === 'off'
+    ? null
+    : tracingMode === 'unsampled'
+      ? { otlpEndpoint: 'http://127.0.0.1:9/v1/traces', sampleRatio: 0, exporter: discard }
+      : tracingMode === 'noop'
+        ? { otlpEndpoint: 'http://127.0.0.1:9/v1/traces', sampleRatio: 1, exporter: discard }
+        : { otlpEndpoint: tracingMode, sampleRatio: 1 };
 const plane = await createDataPlane({
   logger,
   registry,
+  tracing,
   ...(metering === 'none' ? {} : { usageSink: writer ?? counting }),
   ...(quota ? { quota } : {}),
   listen: { host: '127.0.0.1', port: Number(port) },
