@@ -46,9 +46,16 @@ export function startInformer<T extends KubeObject>(
   let markSynced: () => void = () => {};
   const syncedPromise = new Promise<void>((resolve) => (markSynced = resolve));
 
-  inner.on('add', (o) => handlers.add?.(o as T));
-  inner.on('update', (o) => handlers.update?.(o as T));
-  inner.on('delete', (o) => handlers.delete?.(o as T));
+  // One debug line per event: with the queue's, the reconcilers' and the publisher's lines it gives a
+  // timestamped trace from "watch event seen" to "pushed" (docs/operator.md, "Tracing one change").
+  const seen = (event: string, o: KubernetesObject) =>
+    logger.debug(
+      { resource: path, event, name: o.metadata?.name, resourceVersion: o.metadata?.resourceVersion },
+      'watch event',
+    );
+  inner.on('add', (o) => (seen('add', o), handlers.add?.(o as T)));
+  inner.on('update', (o) => (seen('update', o), handlers.update?.(o as T)));
+  inner.on('delete', (o) => (seen('delete', o), handlers.delete?.(o as T)));
   inner.on('connect', () => {
     failures = 0;
   });

@@ -72,6 +72,12 @@ export function createPublisher(opts: PublisherOptions): Publisher {
     labelNames: ['result'],
     registers: [opts.registry],
   });
+  const pushSeconds = new Histogram({
+    name: 'gpugate_operator_push_duration_seconds',
+    help: 'Time of one push of the snapshot to one data plane (PUT /config until its answer).',
+    buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [opts.registry],
+  });
   new Gauge({
     name: 'gpugate_operator_snapshot_age_seconds',
     help: 'Age of the current snapshot (time since its content last changed).',
@@ -109,9 +115,20 @@ export function createPublisher(opts: PublisherOptions): Publisher {
       },
       now: new Date(),
     };
+    const started = performance.now();
     const { snapshot, problems } = compileSnapshot(input);
     // Same content → keep the old snapshot (and its generatedAt): nothing to push.
     if (!current || current.revision !== snapshot.revision) current = snapshot;
+    const changed = current === snapshot;
+    logger.debug(
+      {
+        revision: snapshot.revision.slice(0, 12),
+        changed,
+        keys: snapshot.keys.length,
+        ms: Math.round(performance.now() - started),
+      },
+      'compiled',
+    );
     for (const name of new Set(targets.flatMap((t) => (t.variant ? [t.variant] : [])))) {
       const v = compileSnapshot(opts.variantInput!(name, input)).snapshot;
       const old = variants.get(name);
@@ -138,9 +155,12 @@ export function createPublisher(opts: PublisherOptions): Publisher {
     }
     state.inFlight = true;
     const started = Date.now();
+    const endPush = pushSeconds.startTimer();
+    logger.debug({ target: target.url, revision: snapshot.revision.slice(0, 12) }, 'push started');
     pushSnapshot(target.url, snapshot, { token, attempts: 1, timeoutMs: 5000 })
       .then((result) => {
         state.inFlight = false;
+        endPush();
         if (result.ok) {
           pushes.labels('ok').inc();
           state.acked = snapshot.revision;
