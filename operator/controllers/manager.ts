@@ -104,8 +104,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     registers: [registry],
   });
 
-  const enqueue = (kind: Kind, namespace: string | undefined, name: string) =>
-    queue.add(`${kind}/${namespace ?? 'default'}/${name}`);
+  const enqueue = (kind: Kind, namespace: string | undefined, name: string) => {
+    const key = `${kind}/${namespace ?? 'default'}/${name}`;
+    logger.debug({ key }, 'enqueued');
+    queue.add(key);
+  };
   let publisher: Publisher | null = null;
   const schedule = () => publisher?.schedule();
 
@@ -461,8 +464,10 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
           // A follower leaves keys for whoever leads; onStartedLeading queues everything again.
           continue;
         }
+        const started = Date.now();
         const outcome = await reconciler.reconcile({ namespace, name });
         queue.forget(key);
+        logger.debug({ key, ms: Date.now() - started, outcome: outcome.result }, 'reconciled');
         if (outcome.result === 'requeueAfter') {
           reconciles.labels(kind, 'requeue').inc();
           queue.addAfter(key, outcome.ms);
