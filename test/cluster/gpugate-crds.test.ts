@@ -72,7 +72,7 @@ const fixtures: Fixture[] = [
     valid: gb({ endpoints: ep, balancing: { queueTimeout: '1m30s' } }),
     invalid: gb({ endpoints: ep, balancing: { queueTimeout: '30 seconds' } }),
     message:
-      'spec.balancing.queueTimeout: Invalid value: "30 seconds": spec.balancing.queueTimeout in body should match',
+      'spec.balancing.queueTimeout: Invalid value: "30 seconds": must be a duration such as 500ms, 30s, 5m or 1h30m',
   },
   {
     rule: 'balancing policy is one of the three',
@@ -114,7 +114,7 @@ const fixtures: Fixture[] = [
     rule: 'allowedCIDRs are CIDRs',
     valid: ak({ tenant: 'acme', allowedCIDRs: ['10.0.0.0/8', '2001:db8::/32'] }),
     invalid: ak({ tenant: 'acme', allowedCIDRs: ['10.0.0.0/33'] }),
-    message: 'must be a CIDR such as 10.0.0.0/8, got 10.0.0.0/33',
+    message: "must be a CIDR such as 10.0.0.0/8 or one address such as 10.0.0.1, got '10.0.0.0/33'",
   },
 ];
 

@@ -4,7 +4,9 @@ import Type, { type Static } from 'typebox';
 import {
   Conditions,
   ModelNames,
+  ObjectName,
   ObservedGeneration,
+  QUOTED_SELF,
   Quota,
   RateLimits,
   SecretKeyRef,
@@ -15,13 +17,10 @@ import {
 
 export const ApiKeySpec = Type.Object(
   {
-    tenant: Type.String({
-      description: 'Name of the Tenant (same namespace) this key belongs to. Immutable.',
-      minLength: 1,
-      maxLength: 253,
-      pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$',
+    tenant: {
+      ...ObjectName('Name of the Tenant (same namespace) this key belongs to. Immutable.', 'Tenant'),
       ...cel({ rule: 'self == oldSelf', message: 'tenant is immutable; create a new ApiKey instead' }),
-    }),
+    },
     secretRef: Type.Optional(
       SecretKeyRef(
         'Secret holding the key. Absent: the operator generates a high-entropy key into a new Secret named after this ApiKey and never prints it again.',
@@ -44,11 +43,13 @@ export const ApiKeySpec = Type.Object(
     allowedCIDRs: Type.Optional(
       Type.Array(
         Type.String({
-          description: 'A client network in CIDR notation, e.g. 10.0.0.0/8 or 2001:db8::/32.',
+          description:
+            'A client network in CIDR notation, e.g. 10.0.0.0/8 or 2001:db8::/32, or one address (a /32 or /128).',
           maxLength: 64,
           ...cel({
-            rule: 'isCIDR(self)',
-            messageExpression: "'must be a CIDR such as 10.0.0.0/8, got ' + self",
+            // The data plane takes a bare address as its /32 or /128 (dataplane/auth/cidr.ts).
+            rule: 'isCIDR(self) || isIP(self)',
+            messageExpression: `'must be a CIDR such as 10.0.0.0/8 or one address such as 10.0.0.1, got ' + ${QUOTED_SELF}`,
           }),
         }),
         {

@@ -37,15 +37,39 @@ export function cel(...rules: CelRule[]) {
   return { 'x-kubernetes-validations': rules };
 }
 
+/**
+ * Marks a string schema's `pattern` as one the CRD states as a CEL rule with this message instead:
+ * the API server's own message for a pattern quotes the regular expression, a rule can say what is
+ * wanted. `messageExpression` is CEL over `self`. The pattern stays for TypeBox (standalone mode);
+ * toStructural (crd.ts) makes the rule.
+ */
+export const PATTERN_MESSAGE = 'x-gpugate-pattern-message';
+
+/** CEL for `'<self>'`, so leading and trailing spaces in a bad value are visible. */
+export const QUOTED_SELF = `"'" + self + "'"`;
+
+export const DURATION_PATTERN = '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$';
+
 /** Go-style duration ("500ms", "30s", "5m", "1h30m"), the form CEL's duration() parses. */
 export function Duration(description: string, defaultValue?: string) {
   return Type.String({
     description: `${description} A duration such as 500ms, 30s, 5m or 1h30m.`,
-    pattern: '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$',
+    pattern: DURATION_PATTERN,
+    [PATTERN_MESSAGE]: `'must be a duration such as 500ms, 30s, 5m or 1h30m (a number and a unit: ms, s, m or h), got ' + ${QUOTED_SELF}`,
     maxLength: 32,
     ...(defaultValue === undefined ? {} : { default: defaultValue }),
   });
 }
+
+/** The name of an object in the same namespace (DNS-1123 subdomain), with a readable refusal. */
+export const ObjectName = (description: string, kind: string) =>
+  Type.String({
+    description,
+    minLength: 1,
+    maxLength: 253,
+    pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$',
+    [PATTERN_MESSAGE]: `'must be the name of a ${kind} in this namespace: lower-case letters, digits, \\'-\\' and \\'.\\', starting and ending with a letter or digit (e.g. team-a), got ' + ${QUOTED_SELF}`,
+  });
 
 export const HttpUrl = (description: string) =>
   Type.String({
@@ -58,11 +82,29 @@ export const HttpUrl = (description: string) =>
   });
 
 export const ModelNames = (description: string) =>
-  Type.Array(Type.String({ minLength: 1, maxLength: 256, description: 'A model name.' }), {
-    description,
-    maxItems: 256,
-    'x-kubernetes-list-type': 'set',
-  });
+  Type.Array(
+    Type.String({
+      minLength: 1,
+      maxLength: 256,
+      description: "A model name, exactly as clients send it in `model`; '*' alone means every model.",
+      ...cel(
+        {
+          // Names are matched exactly: 'llama-*' would silently match no request.
+          rule: "self == '*' || !self.contains('*')",
+          messageExpression: `'model names are matched exactly and take no wildcards (\\'*\\' alone means every model), got ' + ${QUOTED_SELF}`,
+        },
+        {
+          rule: "self.matches('^\\\\S(.*\\\\S)?$')",
+          messageExpression: `'a model name must not start or end with whitespace, got ' + ${QUOTED_SELF}`,
+        },
+      ),
+    }),
+    {
+      description,
+      maxItems: 256,
+      'x-kubernetes-list-type': 'set',
+    },
+  );
 
 export const SecretKeyRef = (description: string, defaultKey: string) =>
   Type.Object(

@@ -1,5 +1,5 @@
 // Turns a KindDefinition into a CustomResourceDefinition object (apiextensions.k8s.io/v1).
-import { GROUP, VERSION, type KindDefinition } from './common.ts';
+import { GROUP, PATTERN_MESSAGE, VERSION, type KindDefinition } from './common.ts';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -11,10 +11,19 @@ export function toStructural(schema: unknown): Json {
     if (node === null || typeof node !== 'object') return node;
     const out: { [key: string]: Json } = {};
     for (const [key, value] of Object.entries(node)) {
-      if (key === '$id' || key === '$schema') continue;
+      if (key === '$id' || key === '$schema' || key === PATTERN_MESSAGE) continue;
       if (key === 'additionalProperties' && value === false) continue;
       if (key === 'required' && Array.isArray(value) && value.length === 0) continue;
       out[key] = walk(value);
+    }
+    const message = node[PATTERN_MESSAGE];
+    if (typeof message === 'string' && typeof out.pattern === 'string') {
+      // The pattern becomes a CEL rule whose message says what is wanted (common.ts PATTERN_MESSAGE).
+      if (out.pattern.includes("'")) throw new Error(`pattern ${out.pattern} cannot be a CEL raw string`);
+      const rule = { rule: `self.matches(r'${out.pattern}')`, messageExpression: message };
+      const existing = Array.isArray(out['x-kubernetes-validations']) ? out['x-kubernetes-validations'] : [];
+      delete out.pattern;
+      out['x-kubernetes-validations'] = [rule, ...existing];
     }
     return out;
   };

@@ -2,6 +2,7 @@
 import Type, { type Static } from 'typebox';
 import {
   Conditions,
+  DURATION_PATTERN,
   Duration,
   HttpUrl,
   ModelNames,
@@ -316,11 +317,12 @@ const Timeouts = Type.Object(
     description: 'Upstream timeouts; a timeout answers 504.',
     ...cel(
       {
-        rule: '!has(self.connect) || !has(self.total) || duration(self.connect) <= duration(self.total)',
+        // A malformed duration has its own message; comparing it would only add a conversion error.
+        rule: `!has(self.connect) || !has(self.total) || !self.connect.matches(r'${DURATION_PATTERN}') || !self.total.matches(r'${DURATION_PATTERN}') || duration(self.connect) <= duration(self.total)`,
         message: 'connect must not be longer than total',
       },
       {
-        rule: '!has(self.firstByte) || !has(self.total) || duration(self.firstByte) <= duration(self.total)',
+        rule: `!has(self.firstByte) || !has(self.total) || !self.firstByte.matches(r'${DURATION_PATTERN}') || !self.total.matches(r'${DURATION_PATTERN}') || duration(self.firstByte) <= duration(self.total)`,
         message: 'firstByte must not be longer than total',
       },
     ),
