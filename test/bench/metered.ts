@@ -15,7 +15,7 @@
 // metered gateway's /metrics, events written per flush (one INSERT statement, one round trip), failed
 // flushes, drops and quota lease statements. At the end the stored usage events are counted against the
 // 200s the metered gateway served.
-import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -50,6 +50,29 @@ async function cpuUs(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) * 10_000;
 }
 
+/**
+ * CPU time of the embedded Postgres (postmaster and every process it started: backends, WAL writer,
+ * checkpointer) so far, in microseconds; null with DATABASE_URL (a server elsewhere). Backends that
+ * exited before the call are not in it; the metered gateway's pool keeps its connections open.
+ */
+async function postgresCpuUs(dataDir: string | undefined): Promise<number | null> {
+  if (!dataDir) return null;
+  const master = Number((await readFile(join(dataDir, 'postmaster.pid'), 'utf8')).split('\n')[0]);
+  let sum = 0;
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(entry) === master || Number(fields[1]) === master)
+        sum += (Number(fields[11]) + Number(fields[12])) * 10_000;
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return sum;
+}
+
 /** Sum of every sample of the named series on the gateway's /metrics. */
 async function metric(gw: GatewayProcess, name: string): Promise<number> {
   const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
@@ -64,6 +87,8 @@ async function metric(gw: GatewayProcess, name: string): Promise<number> {
 interface Round {
   rate: number;
   cpuUsPerReq: number;
+  /** Postgres CPU per request during the round (null: not measurable). */
+  pgUsPerReq: number | null;
   ok: number;
 }
 
@@ -78,6 +103,7 @@ async function main(): Promise<void> {
     url = server.url;
   }
   const db = new pg.Pool({ connectionString: url, max: 1 });
+  db.on('error', () => undefined); // the idle connection dies when the embedded server stops
   const upstream = await startFixedUpstream();
   const gateways: GatewayProcess[] = [];
   try {
@@ -95,10 +121,12 @@ async function main(): Promise<void> {
     gateways.push(on);
 
     let meteredOk = 0;
+    const served = new Map<GatewayProcess, number>();
     async function load(gw: GatewayProcess, ms: number): Promise<Round> {
       const pool = new Pool(gw.url, { connections, pipelining: 1 });
       const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
       const cpu0 = await cpuUs(gw.pid);
+      const pg0 = await postgresCpuUs(server?.dataDir);
       const { ok, failed } = await closedLoop(
         pool,
         { path: '/v1/chat/completions', headers, body },
@@ -106,10 +134,13 @@ async function main(): Promise<void> {
         ms,
       );
       const cpu = (await cpuUs(gw.pid)) - cpu0;
+      const pg1 = await postgresCpuUs(server?.dataDir);
       await pool.close();
       if (failed > 0) throw new Error(`${failed} requests failed`);
       if (gw === on) meteredOk += ok;
-      return { rate: ok / (ms / 1000), cpuUsPerReq: cpu / ok, ok };
+      served.set(gw, (served.get(gw) ?? 0) + ok);
+      const pgUsPerReq = pg0 === null || pg1 === null ? null : (pg1 - pg0) / ok;
+      return { rate: ok / (ms / 1000), cpuUsPerReq: cpu / ok, pgUsPerReq, ok };
     }
 
     // Warm-up (JIT, connections, the first quota lease and partition DDL), not counted.
@@ -136,6 +167,11 @@ async function main(): Promise<void> {
       `${runs.map((r) => r.rate.toFixed(0)).join(', ')} req/s; gateway CPU ${runs.map((r) => r.cpuUsPerReq.toFixed(0)).join(', ')} µs/req`;
     console.log(`unmetered (no sink, no quota):        ${show(offRuns)}`);
     console.log(`metered (writer + quota on Postgres): ${show(onRuns)}`);
+    if (onRuns.every((r) => r.pgUsPerReq !== null))
+      console.log(
+        `Postgres CPU (same cores) per metered request: ${onRuns.map((r) => (r.pgUsPerReq as number).toFixed(1)).join(', ')} µs; ` +
+          `during unmetered rounds: ${offRuns.map((r) => (r.pgUsPerReq as number).toFixed(1)).join(', ')} µs`,
+      );
     console.log(
       `throughput ratio metered/unmetered (sums): ${(sum(onRuns.map((r) => r.rate)) / sum(offRuns.map((r) => r.rate))).toFixed(3)}`,
     );
@@ -147,6 +183,10 @@ async function main(): Promise<void> {
       `flush failures ${await metric(on, 'gpugate_metering_flush_failures_total')}, dropped events ` +
         `${await metric(on, 'gpugate_metering_dropped_events_total')}, quota lease statements ` +
         `${await metric(on, 'gpugate_quota_lease_requests_total')}, quota refusals ${await metric(on, 'gpugate_quota_refusals_total')}`,
+    );
+    // For per-request figures from CPU profiles of the two processes (NODE_OPTIONS=--cpu-prof).
+    console.log(
+      `requests served including warm-up: unmetered (pid ${off.pid}) ${served.get(off)}, metered (pid ${on.pid}) ${served.get(on)}`,
     );
     await on.stop(); // flushes what is buffered
     gateways.pop();

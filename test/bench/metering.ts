@@ -154,10 +154,40 @@ async function admissionCost(pool: pg.Pool): Promise<void> {
     if (d.ok) quota.settle(d.ticket, 1);
   }
   const ns = Number(process.hrtime.bigint() - start) / n;
+  // What the request path uses: tryAdmit decides without a promise while the slice covers it.
+  const syncStart = process.hrtime.bigint();
+  let slow = 0;
+  for (let i = 0; i < n; i++) {
+    const d = quota.tryAdmit('ns/bench', null, 1) ?? (slow++, await quota.admit('ns/bench', null, 1));
+    if (d.ok) quota.settle(d.ticket, 1);
+  }
+  const syncNs = Number(process.hrtime.bigint() - syncStart) / n;
   await quota.close();
   console.log(
-    `  quota admission: ${ns.toFixed(0)} ns per admit+settle in memory; ` +
-      `${await leaseRequests(registry)} lease statements for ${n} requests`,
+    `  quota admission: ${ns.toFixed(0)} ns per admit+settle in memory (async admit), ` +
+      `${syncNs.toFixed(0)} ns with tryAdmit (${slow} of ${n} needed the async path); ` +
+      `${await leaseRequests(registry)} lease statements for ${2 * n} requests`,
+  );
+}
+
+/**
+ * What the writer costs the data-plane process per event: record() on the request path, then the
+ * flushes (array literals, the pg protocol, the answer), as process CPU time (user + system) of this
+ * process; Postgres's own work is not in it.
+ */
+async function writerCost(pool: pg.Pool): Promise<void> {
+  const n = 100_000;
+  const writer = createMeteringWriter({ pool, maxBuffer: n, flushIntervalMs: 1_000_000_000 });
+  const events = Array.from({ length: n }, usageEvent);
+  const cpu0 = process.cpuUsage();
+  for (const e of events) writer.record(e);
+  const cpu1 = process.cpuUsage(cpu0);
+  const closed = await writer.flushAndClose(60_000);
+  const cpu2 = process.cpuUsage(cpu0);
+  const us = (c: NodeJS.CpuUsage) => c.user + c.system;
+  console.log(
+    `  writer CPU in the data-plane process: ${((us(cpu1) * 1000) / n).toFixed(0)} ns per record(), ` +
+      `${((us(cpu2) - us(cpu1)) / n).toFixed(2)} us per event to flush (${closed.written} written in batches of 2,000)`,
   );
 }
 
@@ -207,6 +237,8 @@ async function main(): Promise<void> {
     const ratio = bf.events / bf.wallMs / (sf.events / sf.wallMs);
     console.log(`  ratio: batched writes ${ratio.toFixed(1)}x the events per second of one INSERT per event`);
     await admissionCost(pool);
+    await pool.query('TRUNCATE usage_events, usage_daily');
+    await writerCost(pool);
     const size = await pool.query<{ bytes: string; rows: string }>(
       `SELECT sum(pg_total_relation_size(c.oid))::text AS bytes, (SELECT count(*) FROM usage_events)::text AS rows
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'usage_events'::regclass`,
