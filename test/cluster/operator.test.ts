@@ -4,6 +4,7 @@
 // on loopback, which the operator finds through --dataplane-url (in a cluster: the data plane Service's
 // EndpointSlices), and from there to a GPU simulator named by a static endpoint.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FleetStatus } from '../../operator/aggregate/aggregate.ts';
 import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, waitUntil } from './harness.ts';
 import {
@@ -357,6 +358,39 @@ spec:
       const ip = pod.items[0]?.status.podIP;
       return ip !== undefined && operator.log().includes(`"target":"http://${ip}:9090"`);
     });
+  });
+
+  it('GET /fleet merges what the operator pushes to: the data-plane process on the current revision, the sidecar found through its EndpointSlice expected on its own variant and named unreachable (kwok runs nothing)', async () => {
+    expect((await fetch(`${operator.url}/fleet`)).status).toBe(401);
+    const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
+    const dpHost = new URL(dataPlane.adminUrl).host;
+    // Polled: the sidecar's apply recompiles, and the push of that revision may still be on its way.
+    const { fleet, revision } = await waitUntil(
+      'the sidecar and the current revision in /fleet',
+      async () => {
+        const snap = (await (await fetch(`${operator.url}/snapshot`, auth)).json()) as { revision: string };
+        const f = (await (await fetch(`${operator.url}/fleet`, auth)).json()) as FleetStatus;
+        const dp = f.replicas.find((r) => r.target === dpHost);
+        const side = f.replicas.some((r) => r.target.endsWith(`(sidecar of ${ns}/side)`));
+        return side && dp?.revision === snap.revision ? { fleet: f, revision: snap.revision } : undefined;
+      },
+    );
+    expect(fleet.expectedRevision).toBe(revision);
+    expect(fleet.replicas.find((r) => r.target === dpHost)).toMatchObject({
+      reachable: true,
+      expectedRevision: revision,
+    });
+    const side = fleet.replicas.find((r) => r.target.endsWith(`(sidecar of ${ns}/side)`))!;
+    expect(side.reachable).toBe(false);
+    expect(side.expectedRevision).toMatch(/^[0-9a-f]{64}$/);
+    expect(side.expectedRevision).not.toBe(revision);
+    expect(fleet.disagreements).toContainEqual({
+      kind: 'unreachable',
+      target: side.target,
+      error: expect.any(String),
+    });
+    expect(fleet.disagreements.filter((d) => d.kind === 'revision')).toEqual([]);
+    expect(fleet.backends.map((b) => b.id)).toContain(`${ns}/sim`);
   });
 
   it('RBAC: the operator runs as its own service account, which cannot do what the operator does not need', async () => {
