@@ -41,15 +41,17 @@ export function apiKeyReconciler(ctx: ControllerContext): Reconciler {
 async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
   const ref = obj.spec.secretRef ?? { name: generatedSecretName(name), key: GENERATED_SECRET_KEY };
-  let secret = ctx.caches.secrets.get(ref.name, namespace);
-  let justCreated = false;
-  if (!obj.spec.secretRef && !secret) {
-    const created = await createKeySecret(ctx, obj, ref.name);
-    justCreated = created;
-    if (created)
-      ctx.logger.info({ apiKey: `${namespace}/${name}`, secret: ref.name }, 'generated key Secret');
-    secret = undefined;
+  const secret = ctx.caches.secrets.get(ref.name, namespace);
+  if (!obj.spec.secretRef && !secret && (await createKeySecret(ctx, obj, ref.name))) {
+    ctx.logger.info({ apiKey: `${namespace}/${name}`, secret: ref.name }, 'generated key Secret');
+    // No status yet: the Secret's watch event queues this key again, and the status written then is
+    // the final one (a SecretPending write here would be overwritten within milliseconds). The requeue
+    // only covers a lost event.
+    return { result: 'requeueAfter', ms: 500 };
   }
+  // Conditions come from the latest compile's problems: while a compile is due they may describe an
+  // older cache (a Secret just seen still "not found"), so the status waits for that compile.
+  if (ctx.deferStatus?.('ApiKey', { namespace, name })) return DONE;
   const raw = secret?.data?.[ref.key];
   const key = raw === undefined ? undefined : Buffer.from(raw, 'base64').toString('utf8').trim();
   const prefix = key !== undefined && checkKeyShape(key) === 'ok' ? keyPrefix(key) : undefined;
@@ -117,9 +119,13 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
     ...(prefix ? { prefix } : {}),
   };
   await writeStatus(ctx.client, 'apikeys', obj, status);
-  if (justCreated || pendingSecret) return { result: 'requeueAfter', ms: 500 };
+  if (pendingSecret) return { result: 'requeueAfter', ms: 500 };
   if (expiresAt !== undefined && expiresAt > now.getTime() && !obj.spec.disabled) {
-    return { result: 'requeueAfter', ms: Math.min(MAX_TIMER_MS, expiresAt - now.getTime() + 100) };
+    return {
+      result: 'requeueAfter',
+      ms: Math.min(MAX_TIMER_MS, expiresAt - now.getTime() + 100),
+      lane: 'status',
+    };
   }
   return DONE;
 }

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { ApiKey, GpuBackend, Tenant } from '../api/v1alpha1/index.ts';
+import { generatedSecretName, type ApiKey, type GpuBackend, type Tenant } from '../api/v1alpha1/index.ts';
 import { KubeClient, KubeError, paths, type KubeObject } from '../kube/client.ts';
 import { startInformer, type Informer, type InformerHandlers } from '../kube/informer.ts';
 import { startLeaderElection, type LeaderElector } from '../leader/lease.ts';
@@ -26,7 +26,7 @@ import {
   SIDECAR,
   type SidecarSettings,
 } from './gpubackend.ts';
-import { WorkQueue } from './queue.ts';
+import { WorkQueue, type Lane } from './queue.ts';
 import { tenantQuotaMetrics, tenantReconciler } from './tenant.ts';
 import {
   BACKEND_LABEL,
@@ -104,23 +104,23 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     registers: [registry],
   });
 
-  const enqueue = (kind: Kind, namespace: string | undefined, name: string) => {
+  const enqueue = (kind: Kind, namespace: string | undefined, name: string, lane: Lane = 'spec') => {
     const key = `${kind}/${namespace ?? 'default'}/${name}`;
-    logger.debug({ key }, 'enqueued');
-    queue.add(key);
+    logger.debug({ key, lane }, 'enqueued');
+    queue.add(key, lane);
   };
   let publisher: Publisher | null = null;
   const schedule = () => publisher?.schedule();
 
   // Custom resources: queued when their generation changes (spec edits), not on status writes.
   const generations = new Map<string, number | undefined>();
-  const crHandlers = (kind: Kind, also?: (obj: CR) => void): InformerHandlers<CR> => {
+  const crHandlers = (kind: Kind, also?: (obj: CR, deleted: boolean) => void): InformerHandlers<CR> => {
     const id = (o: CR) => `${kind}/${o.metadata.namespace}/${o.metadata.name}`;
     return {
       add(o) {
         generations.set(id(o), o.metadata.generation);
         enqueue(kind, o.metadata.namespace, o.metadata.name);
-        also?.(o);
+        also?.(o, false);
         schedule();
       },
       update(o) {
@@ -128,12 +128,12 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         if (before === o.metadata.generation && !o.metadata.deletionTimestamp) return;
         generations.set(id(o), o.metadata.generation);
         enqueue(kind, o.metadata.namespace, o.metadata.name);
-        also?.(o);
+        also?.(o, false);
         schedule();
       },
       delete(o) {
         generations.delete(id(o));
-        also?.(o);
+        also?.(o, true);
         schedule();
       },
     };
@@ -148,12 +148,33 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     delete: (o) => (backendOfChild(o), compile && schedule()),
   });
 
+  // The ApiKeys reading each Secret ("namespace/secret" → ApiKey names), kept from the ApiKey events: a
+  // Secret event finds its keys without a scan over every ApiKey (10,000 Secret events of a preload times
+  // 10,000 keys was a quadratic pass on the event loop).
+  const keysBySecret = new Map<string, Set<string>>();
+  const secretOfKey = new Map<string, string>();
+  const indexKeySecret = (k: ApiKey & KubeObject, deleted: boolean) => {
+    const id = `${k.metadata.namespace}/${k.metadata.name}`;
+    const before = secretOfKey.get(id);
+    const after = deleted
+      ? undefined
+      : `${k.metadata.namespace}/${k.spec?.secretRef?.name ?? generatedSecretName(k.metadata.name!)}`;
+    if (before === after) return;
+    if (before) {
+      keysBySecret.get(before)?.delete(k.metadata.name!);
+      if (keysBySecret.get(before)?.size === 0) keysBySecret.delete(before);
+      secretOfKey.delete(id);
+    }
+    if (after) {
+      keysBySecret.set(after, (keysBySecret.get(after) ?? new Set()).add(k.metadata.name!));
+      secretOfKey.set(id, after);
+    }
+  };
   const secretChanged = (s: Secret) => {
     const namespace = s.metadata?.namespace;
-    for (const k of caches.apiKeys.list(namespace)) {
-      const ref = k.spec?.secretRef?.name ?? `${k.metadata.name}-gpugate-key`;
-      if (ref === s.metadata?.name) enqueue('ApiKey', namespace, k.metadata.name);
-    }
+    // The snapshot follows the Secret through the compile; the key's reconcile only refreshes status.
+    for (const name of keysBySecret.get(`${namespace}/${s.metadata?.name}`) ?? [])
+      enqueue('ApiKey', namespace, name, 'status');
     for (const b of caches.gpuBackends.list(namespace)) {
       const refs = [b.spec?.upstreamAuth?.secretRef?.name, b.spec?.registration?.secretRef?.name];
       if (refs.includes(s.metadata?.name)) enqueue('GpuBackend', namespace, b.metadata.name);
@@ -173,7 +194,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     tenants: cr('tenants', crHandlers('Tenant')),
     apiKeys: cr(
       'apikeys',
-      crHandlers('ApiKey', (k) => enqueue('Tenant', k.metadata.namespace, (k as ApiKey).spec.tenant)),
+      crHandlers('ApiKey', (k, deleted) => {
+        indexKeySecret(k as ApiKey & KubeObject, deleted);
+        // The Tenant's key count is status only.
+        enqueue('Tenant', k.metadata.namespace, (k as ApiKey).spec.tenant, 'status');
+      }),
     ),
     secrets: startInformer<Secret>(
       opts.kubeConfig,
@@ -320,6 +345,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
   let elector: LeaderElector | null = null;
   let problemIndex = new Map<string, ObjectProblem[]>();
+  const statusAfterCompile = new Set<string>();
   const problemKey = (kind: Kind, namespace: string, name: string) => `${kind}/${namespace}/${name}`;
   publisher = createPublisher({
     logger,
@@ -367,9 +393,12 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         next.set(k, [...(next.get(k) ?? []), p]);
       }
       for (const k of new Set([...problemIndex.keys(), ...next.keys()])) {
-        if (JSON.stringify(problemIndex.get(k)) !== JSON.stringify(next.get(k))) queue.add(k);
+        if (JSON.stringify(problemIndex.get(k)) !== JSON.stringify(next.get(k))) queue.add(k, 'status');
       }
       problemIndex = next;
+      // Statuses held back while this compile was due (deferStatus) can be written now.
+      for (const k of statusAfterCompile) queue.add(k, 'status');
+      statusAfterCompile.clear();
     },
   });
 
@@ -378,6 +407,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     caches,
     logger,
     problemsOf: (kind, key) => problemIndex.get(problemKey(kind, key.namespace, key.name)) ?? [],
+    deferStatus(kind, key) {
+      if (!publisher?.pending()) return false;
+      statusAfterCompile.add(problemKey(kind, key.namespace, key.name));
+      return true;
+    },
     registeredEndpoints: (key) => registrations?.endpoints(`${key.namespace}/${key.name}`) ?? [],
     now: () => new Date(),
   };
@@ -393,7 +427,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
   const enqueueAll = () => {
     for (const b of caches.gpuBackends.list()) enqueue('GpuBackend', b.metadata.namespace, b.metadata.name);
-    for (const t of caches.tenants.list()) enqueue('Tenant', t.metadata.namespace, t.metadata.name);
+    for (const t of caches.tenants.list()) enqueue('Tenant', t.metadata.namespace, t.metadata.name, 'status');
     for (const k of caches.apiKeys.list()) enqueue('ApiKey', k.metadata.namespace, k.metadata.name);
   };
 
@@ -470,7 +504,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         logger.debug({ key, ms: Date.now() - started, outcome: outcome.result }, 'reconciled');
         if (outcome.result === 'requeueAfter') {
           reconciles.labels(kind, 'requeue').inc();
-          queue.addAfter(key, outcome.ms);
+          queue.addAfter(key, outcome.ms, outcome.lane);
         } else {
           reconciles.labels(kind, 'done').inc();
         }

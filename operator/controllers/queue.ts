@@ -2,16 +2,24 @@
 // queued is not added twice; a key added while being processed is queued again once the worker is
 // done (never processed twice at the same time); failed keys come back after an exponential per-key
 // backoff that resets when the key succeeds.
+//
+// Two lanes: `spec` for work that can change what the data planes get (an object added or edited, a
+// child or key Secret to create, retries) and `status` for status-only refreshes (a compile's problems
+// changed, a Tenant's key count). A worker takes the spec lane first, so a new ApiKey never waits behind
+// thousands of status writes of a catch-up; a key added to the spec lane while waiting in the status
+// lane moves over. Each lane is FIFO.
+export type Lane = 'spec' | 'status';
+
 export interface QueueOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
 }
 
 export class WorkQueue {
-  private readonly queue: string[] = [];
-  private readonly queued = new Set<string>();
+  // Insertion-ordered sets: FIFO with O(1) removal when a key moves from the status lane to the spec lane.
+  private readonly lanes: Record<Lane, Set<string>> = { spec: new Set(), status: new Set() };
   private readonly processing = new Set<string>();
-  private readonly dirty = new Set<string>();
+  private readonly dirty = new Map<string, Lane>();
   private readonly failures = new Map<string, number>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private waiters: (() => void)[] = [];
@@ -25,31 +33,39 @@ export class WorkQueue {
   }
 
   get depth(): number {
-    return this.queue.length;
+    return this.lanes.spec.size + this.lanes.status.size;
   }
 
-  add(key: string): void {
+  /** Keys waiting in one lane. */
+  laneDepth(lane: Lane): number {
+    return this.lanes[lane].size;
+  }
+
+  add(key: string, lane: Lane = 'spec'): void {
     if (this.closed) return;
     if (this.processing.has(key)) {
-      this.dirty.add(key);
+      if (this.dirty.get(key) !== 'spec') this.dirty.set(key, lane);
       return;
     }
-    if (this.queued.has(key)) return;
-    this.queued.add(key);
-    this.queue.push(key);
+    if (this.lanes.spec.has(key)) return;
+    if (this.lanes.status.has(key)) {
+      if (lane === 'status') return;
+      this.lanes.status.delete(key);
+    }
+    this.lanes[lane].add(key);
     this.waiters.shift()?.();
   }
 
-  addAfter(key: string, delayMs: number): void {
+  addAfter(key: string, delayMs: number, lane: Lane = 'spec'): void {
     if (this.closed) return;
-    if (delayMs <= 0) return this.add(key);
+    if (delayMs <= 0) return this.add(key, lane);
     const existing = this.timers.get(key);
     if (existing) clearTimeout(existing);
     this.timers.set(
       key,
       setTimeout(() => {
         this.timers.delete(key);
-        this.add(key);
+        this.add(key, lane);
       }, delayMs),
     );
   }
@@ -69,19 +85,24 @@ export class WorkQueue {
 
   /** The next key, or null once the queue is shut down. Call done(key) when finished with it. */
   async get(): Promise<string | null> {
-    while (this.queue.length === 0) {
+    while (this.depth === 0) {
       if (this.closed) return null;
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
-    const key = this.queue.shift()!;
-    this.queued.delete(key);
+    const lane = this.lanes.spec.size > 0 ? this.lanes.spec : this.lanes.status;
+    const key = lane.values().next().value as string;
+    lane.delete(key);
     this.processing.add(key);
     return key;
   }
 
   done(key: string): void {
     this.processing.delete(key);
-    if (this.dirty.delete(key)) this.add(key);
+    const lane = this.dirty.get(key);
+    if (lane) {
+      this.dirty.delete(key);
+      this.add(key, lane);
+    }
   }
 
   shutdown(): void {

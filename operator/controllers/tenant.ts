@@ -74,6 +74,8 @@ async function sync(
 ): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
   const now = ctx.now();
+  // Like ApiKey status: conditions from a compile that is about to be replaced wait for the new one.
+  if (ctx.deferStatus?.('Tenant', { namespace, name })) return DONE;
   const problems = ctx.problemsOf('Tenant', { namespace, name });
   const excluded = problems.find((p) => p.excluded);
   const partial = problems.find((p) => !p.excluded);
@@ -122,5 +124,5 @@ async function sync(
     }
   }
   await writeStatus(ctx.client, 'tenants', obj, status);
-  return usage ? { result: 'requeueAfter', ms: usageIntervalMs } : DONE;
+  return usage ? { result: 'requeueAfter', ms: usageIntervalMs, lane: 'status' } : DONE;
 }

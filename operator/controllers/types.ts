@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { ApiKey, GpuBackend, Tenant } from '../api/v1alpha1/index.ts';
 import type { KubeClient, KubeObject } from '../kube/client.ts';
 import type { Informer } from '../kube/informer.ts';
+import type { Lane } from './queue.ts';
 import type { DiscoveredEndpoint, ObjectProblem } from '../snapshot/compile.ts';
 
 export type Kind = 'GpuBackend' | 'Tenant' | 'ApiKey';
@@ -13,8 +14,8 @@ export interface Key {
   name: string;
 }
 
-/** done: converged. requeueAfter: look again later (expiry, usage refresh). */
-export type Outcome = { result: 'done' } | { result: 'requeueAfter'; ms: number };
+/** done: converged. requeueAfter: look again later (expiry, usage refresh), in the spec lane unless said. */
+export type Outcome = { result: 'done' } | { result: 'requeueAfter'; ms: number; lane?: Lane };
 export const DONE: Outcome = { result: 'done' };
 
 /** Worth retrying with backoff (API errors, conflicts that survived their retries). Any other Error is too. */
@@ -63,6 +64,11 @@ export interface ControllerContext {
   logger: Logger;
   /** Problems of the latest snapshot compile for one object. */
   problemsOf(kind: Kind, key: Key): ObjectProblem[];
+  /**
+   * True while a compile is due (the caches changed since the last one, so problemsOf may be stale): the
+   * key is queued again (status lane) once that compile has run, and the caller skips its status write.
+   */
+  deferStatus?(kind: Kind, key: Key): boolean;
   /** Live self-registered endpoints of a backend (empty without a database). */
   registeredEndpoints?(key: Key): DiscoveredEndpoint[];
   /** Endpoints the snapshot holds for a backend (static and discovered), as the status reports them. */

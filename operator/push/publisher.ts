@@ -1,5 +1,5 @@
-// The snapshot publisher: compiles the informer caches into a snapshot (debounced: a burst of events
-// becomes one compile), keeps the newest as "current" (every replica does, so any can serve it), and on
+// The snapshot publisher: compiles the informer caches into a snapshot (debounced and coalesced: a burst
+// of events becomes a few compiles, however long it lasts), keeps the newest as "current" (every replica does, so any can serve it), and on
 // the leader pushes it to every data-plane target. Each target remembers the revision it acknowledged;
 // a target that failed is retried on its own with backoff, without holding up the others.
 import type { Logger } from 'pino';
@@ -39,6 +39,8 @@ interface TargetState {
 
 export interface Publisher {
   schedule(): void;
+  /** A compile is scheduled: the caches changed since the last one. */
+  pending(): boolean;
   /** Compiles now (used at start and by tests). */
   compile(): Snapshot;
   current(): Snapshot | null;
@@ -59,6 +61,8 @@ export function createPublisher(opts: PublisherOptions): Publisher {
   const states = new Map<string, TargetState>();
   let timer: NodeJS.Timeout | null = null;
   let stopped = false;
+  let lastCompileMs = 0;
+  let lastCompileEnd = 0;
 
   const compileSeconds = new Histogram({
     name: 'gpugate_operator_snapshot_compile_seconds',
@@ -120,12 +124,14 @@ export function createPublisher(opts: PublisherOptions): Publisher {
     // Same content → keep the old snapshot (and its generatedAt): nothing to push.
     if (!current || current.revision !== snapshot.revision) current = snapshot;
     const changed = current === snapshot;
+    lastCompileEnd = performance.now();
+    lastCompileMs = lastCompileEnd - started;
     logger.debug(
       {
         revision: snapshot.revision.slice(0, 12),
         changed,
         keys: snapshot.keys.length,
-        ms: Math.round(performance.now() - started),
+        ms: Math.round(lastCompileMs),
       },
       'compiled',
     );
@@ -215,6 +221,11 @@ export function createPublisher(opts: PublisherOptions): Publisher {
   return {
     schedule() {
       if (timer || stopped) return;
+      // The debounce, and at least the last compile's duration between the end of one compile and the
+      // start of the next: in a stream of changes (a preload of 10,000 keys) compiling takes at most
+      // about half of the process, and each compile takes in everything that came meanwhile. After a
+      // quiet spell the next compile waits only the debounce.
+      const delay = Math.max(debounceMs, lastCompileEnd + lastCompileMs - performance.now());
       timer = setTimeout(() => {
         timer = null;
         try {
@@ -223,8 +234,9 @@ export function createPublisher(opts: PublisherOptions): Publisher {
         } catch (err) {
           logger.error({ err }, 'snapshot compile failed');
         }
-      }, debounceMs);
+      }, delay);
     },
+    pending: () => timer !== null,
     compile,
     current: () => current,
     revisionFor: (t) => revisionFor(t) ?? null,

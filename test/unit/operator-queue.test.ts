@@ -45,3 +45,46 @@ describe('WorkQueue', () => {
     expect(await closed).toBeNull();
   });
 });
+
+describe('WorkQueue lanes', () => {
+  it('hands out every spec key before any status key, each lane in order', async () => {
+    const q = new WorkQueue();
+    q.add('s1', 'status');
+    q.add('a');
+    q.add('s2', 'status');
+    q.add('b');
+    expect([q.laneDepth('spec'), q.laneDepth('status')]).toEqual([2, 2]);
+    const order = [];
+    for (let i = 0; i < 4; i++) order.push(await q.get());
+    expect(order).toEqual(['a', 'b', 's1', 's2']);
+    q.shutdown();
+  });
+
+  it('a status key added to the spec lane moves there once; a spec key is not demoted', async () => {
+    const q = new WorkQueue();
+    q.add('x', 'status');
+    q.add('y', 'status');
+    q.add('y');
+    q.add('z');
+    q.add('z', 'status');
+    expect(q.depth).toBe(3);
+    const order = [];
+    for (let i = 0; i < 3; i++) order.push(await q.get());
+    expect(order).toEqual(['y', 'z', 'x']);
+    q.shutdown();
+  });
+
+  it('a key added while in process comes back in the better of the lanes it was added to', async () => {
+    const q = new WorkQueue();
+    q.add('k');
+    const key = (await q.get())!;
+    q.add('k', 'status');
+    q.add('k');
+    q.add('k', 'status');
+    q.add('other', 'status');
+    q.done(key);
+    expect(q.laneDepth('spec')).toBe(1);
+    expect(await q.get()).toBe('k');
+    q.shutdown();
+  });
+});
