@@ -62,7 +62,10 @@ simulator: $(DEPS_STAMP) ## Start one GPU backend simulator on :8001 (ARGS=--hel
 test: check ## Install what the tests need and run every test tier that runs here
 	vitest run
 
-.PHONY: help node deps crds crds-check lint format typecheck check run simulator test
+audit: $(NODE) ## npm audit of production dependencies with the CI policy (.ci/npm-audit.ts; not part of test)
+	node .ci/npm-audit.ts $(ARGS)
+
+.PHONY: help node deps crds crds-check lint format typecheck check run simulator test audit
 
 # ---- cluster harness (test/cluster, docs/testing.md) -------------------------------------------------------
 # A real control plane for tests: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
