@@ -236,12 +236,21 @@ describe('PUT /config under arbitrary input', () => {
       ' '.repeat(4 * 1024 * 1024),
       JSON.stringify({ ...good(), padding: 'y'.repeat(16 * 1024 * 1024) }),
     ];
+    const rssBefore = process.memoryUsage().rss;
+    let rssPeak = rssBefore;
+    const statuses: number[] = [];
     for (const body of bodies) {
       const r = await put(body, withToken);
+      statuses.push(r.status);
+      rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
       expect(r.status, r.text.slice(0, 300)).toBeGreaterThanOrEqual(400);
       expect(r.status).toBeLessThan(500);
       expect(plane.revision()).toBe(before);
     }
+    // Printed, not asserted: the test process also holds the bodies it sends.
+    console.log(
+      `config push huge bodies: statuses ${statuses.join(',')}; test process RSS ${Math.round(rssBefore / 2 ** 20)} MiB before, peak ${Math.round(rssPeak / 2 ** 20)} MiB`,
+    );
     const port = Number(new URL(plane.adminUrl).port);
     // Only the headers are sent: the answers must not wait for 300 MB (or 100 MB) of body.
     const head = (auth: string, length: number) =>
