@@ -28,6 +28,8 @@ export interface PublisherOptions {
   isLeader(): boolean;
   onProblems(problems: ObjectProblem[]): void;
   debounceMs?: number;
+  /** Monotonic milliseconds (tests inject one); performance.now by default. */
+  now?(): number;
 }
 
 interface TargetState {
@@ -56,6 +58,7 @@ export interface Publisher {
 export function createPublisher(opts: PublisherOptions): Publisher {
   const { logger } = opts;
   const debounceMs = opts.debounceMs ?? 30;
+  const clock = opts.now ?? (() => performance.now());
   let current: Snapshot | null = null;
   const variants = new Map<string, Snapshot>();
   const states = new Map<string, TargetState>();
@@ -108,6 +111,7 @@ export function createPublisher(opts: PublisherOptions): Publisher {
 
   function compile(): Snapshot {
     const end = compileSeconds.startTimer();
+    const started = clock();
     const targets = opts.targets();
     const replicas = Math.max(1, targets.filter((t) => !t.variant).length);
     const base = opts.input();
@@ -119,12 +123,11 @@ export function createPublisher(opts: PublisherOptions): Publisher {
       },
       now: new Date(),
     };
-    const started = performance.now();
     const { snapshot, problems } = compileSnapshot(input);
     // Same content → keep the old snapshot (and its generatedAt): nothing to push.
     if (!current || current.revision !== snapshot.revision) current = snapshot;
     const changed = current === snapshot;
-    lastCompileEnd = performance.now();
+    lastCompileEnd = clock();
     lastCompileMs = lastCompileEnd - started;
     logger.debug(
       {
@@ -225,7 +228,7 @@ export function createPublisher(opts: PublisherOptions): Publisher {
       // start of the next: in a stream of changes (a preload of 10,000 keys) compiling takes at most
       // about half of the process, and each compile takes in everything that came meanwhile. After a
       // quiet spell the next compile waits only the debounce.
-      const delay = Math.max(debounceMs, lastCompileEnd + lastCompileMs - performance.now());
+      const delay = Math.max(debounceMs, lastCompileEnd + lastCompileMs - clock());
       timer = setTimeout(() => {
         timer = null;
         try {
