@@ -271,6 +271,9 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
   guardIdleErrors(pool, logger);
 
   const subjects = new Map<string, Subject>();
+  /** The same subjects by bare id: the request path looks up with the snapshot's own id strings. */
+  const tenantSubjects = new Map<string, Subject>();
+  const keySubjects = new Map<string, Subject>();
   /** Leases no longer used for admission that still have spend to settle or a remainder to return. */
   let retiring: Lease[] = [];
   let pendingBalances: unknown[][] | null = null;
@@ -399,9 +402,8 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     });
   }
 
-  type Reserve =
-    | { ok: true; lease: Lease | null }
-    | { ok: false; code: 'quota_exceeded' | 'quota_unavailable'; periodEnd: Date | null };
+  type Refusal = { ok: false; code: 'quota_exceeded' | 'quota_unavailable'; periodEnd: Date | null };
+  type Reserve = { ok: true; lease: Lease } | Refusal;
 
   /** The subject's period start at `wall`, recomputed only when `wall` leaves the cached period. */
   function startOf(subject: Subject, wall: number): string {
@@ -412,10 +414,10 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
   }
 
   /**
-   * Reserve `estimate` on one subject's slice in memory: the answer when it needs no database (the
-   * slice covers it, or a recent refusal stands), null when a lease request is needed.
+   * Reserve `estimate` on one subject's slice in memory: the lease it was taken from, or the refusal
+   * when a recent one stands; null when a lease request is needed.
    */
-  function reserveNow(subject: Subject, estimate: number, wall: number, now: number): Reserve | null {
+  function reserveNow(subject: Subject, estimate: number, wall: number, now: number): Lease | Refusal | null {
     const start = startOf(subject, wall);
     const lease = subject.lease;
     if (usable(lease, start, now) && lease.held > 0 && lease.held >= estimate) {
@@ -423,7 +425,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       lease.inflight++;
       lease.lastUsed = now;
       subject.demand += estimate;
-      return { ok: true, lease };
+      return lease;
     }
     if (subject.exhaustedUntil > now && subject.exhaustedPeriodStart === start) {
       return { ok: false, code: 'quota_exceeded', periodEnd: periodEnd(subject.quota.period, wall) };
@@ -437,7 +439,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     for (let attempt = 0; attempt < 3; attempt++) {
       const now = Date.now();
       const answer = reserveNow(subject, estimate, wall, now);
-      if (answer) return answer;
+      if (answer) return 'ok' in answer ? answer : { ok: true, lease: answer };
       if (!subject.acquiring) {
         const start = startOf(subject, wall);
         const lease = subject.lease;
@@ -465,7 +467,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     lease.inflight--;
   }
 
-  function refused(subject: Subject, r: Reserve & { ok: false }, estimate: number): QuotaDecision {
+  function refused(subject: Subject, r: Refusal, estimate: number): QuotaDecision {
     if (r.code === 'quota_unavailable' && subject.failOpen) {
       return { ok: true, ticket: { estimate, unmetered: true, leases: [] } as Ticket };
     }
@@ -477,28 +479,25 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
 
   function tryAdmit(tenantId: string, keyId: string | null, estimatedCredits: number): QuotaDecision | null {
     const estimate = credits(Math.max(0, estimatedCredits));
-    const tenant = subjects.get(subjectKey('tenant', tenantId));
-    const key = keyId === null ? undefined : subjects.get(subjectKey('key', keyId));
+    const tenant = tenantSubjects.get(tenantId);
+    const key = keyId === null ? undefined : keySubjects.get(keyId);
     const wall = wallClock();
     const now = Date.now();
     let tenantLease: Lease | null = null;
     if (tenant) {
       const r = reserveNow(tenant, estimate, wall, now);
       if (r === null) return null;
-      if (!r.ok) return refused(tenant, r, estimate);
-      tenantLease = r.lease;
+      if ('ok' in r) return refused(tenant, r, estimate);
+      tenantLease = r;
     }
-    let keyLease: Lease | null = null;
+    let leases: Lease[];
     if (key) {
       const r = reserveNow(key, estimate, wall, now);
-      if (r === null || !r.ok) unreserve(tenantLease, estimate);
+      if (r === null || 'ok' in r) unreserve(tenantLease, estimate);
       if (r === null) return null;
-      if (!r.ok) return refused(key, r, estimate);
-      keyLease = r.lease;
-    }
-    const leases: Lease[] = [];
-    if (tenantLease) leases.push(tenantLease);
-    if (keyLease) leases.push(keyLease);
+      if ('ok' in r) return refused(key, r, estimate);
+      leases = tenantLease ? [tenantLease, r] : [r];
+    } else leases = tenantLease ? [tenantLease] : [];
     const ticket: Ticket = { estimate, unmetered: false, leases };
     return { ok: true, ticket };
   }
@@ -511,14 +510,14 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     const now = tryAdmit(tenantId, keyId, estimatedCredits);
     if (now) return now;
     const estimate = credits(Math.max(0, estimatedCredits));
-    const tenant = subjects.get(subjectKey('tenant', tenantId));
-    const key = keyId === null ? undefined : subjects.get(subjectKey('key', keyId));
+    const tenant = tenantSubjects.get(tenantId);
+    const key = keyId === null ? undefined : keySubjects.get(keyId);
     const leases: Lease[] = [];
     for (const subject of [tenant, key]) {
       if (!subject) continue;
       const r = await reserve(subject, estimate);
       if (r.ok) {
-        if (r.lease) leases.push(r.lease);
+        leases.push(r.lease);
         continue;
       }
       for (const lease of leases) unreserve(lease, estimate);
@@ -704,7 +703,12 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
       }
       for (const [key, s] of subjects) if (!next.has(key)) retire(s);
       subjects.clear();
-      for (const [key, s] of next) subjects.set(key, s);
+      tenantSubjects.clear();
+      keySubjects.clear();
+      for (const [key, s] of next) {
+        subjects.set(key, s);
+        (s.kind === 'tenant' ? tenantSubjects : keySubjects).set(s.id, s);
+      }
       pendingBalances = [
         entries.map((e) => e.kind),
         entries.map((e) => e.id),
