@@ -25,9 +25,11 @@ export async function startGateway(
     metering?: string;
     /** GPUGATE_BENCH_TRACING for the runner: `off` (default), `unsampled`, `noop`, or an OTLP URL. */
     tracing?: string;
+    /** The source tree whose runner is started (default: this one), to compare two versions of gpugate. */
+    root?: string;
   } = {},
 ): Promise<GatewayProcess> {
-  const root = resolve(import.meta.dirname, '..', '..');
+  const root = opts.root ?? resolve(import.meta.dirname, '..', '..');
   const dir = mkdtempSync(join(tmpdir(), 'gpugate-gw-'));
   const keyFile = join(dir, 'key');
   const child = spawn(
