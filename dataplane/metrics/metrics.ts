@@ -107,7 +107,8 @@ export interface MetricSources {
 
 export function createMetrics(registry: Registry, sources: MetricSources): DataPlaneMetrics {
   const requestTally = new Tally<'backend' | 'code_class'>();
-  const requests = new Counter({
+  // Registered for its collect(): the tally holds the counts between scrapes.
+  new Counter({
     name: 'gpugate_proxy_requests_total',
     help: 'Requests answered by the proxy, by backend and status class',
     labelNames: ['backend', 'code_class'] as const,
