@@ -1,0 +1,99 @@
+// Two versions of gpugate side by side (not a test): the gateway of this tree and of another source
+// tree, each its own process (test/bench/gpugate-runner.ts: every request-path feature on) in front
+// of the same small upstream. Closed-loop load (undici Pool, test/bench/load.ts) alternates between
+// them in short rounds (A B, then B A, ...), and each pair of rounds gives a ratio of gateway CPU per
+// request. On a shared machine absolute CPU per request drifts with the load by tens of percent
+// between runs; the two sides of a pair see nearly the same load, so the median ratio is the figure.
+//
+//   git archive <commit> dataplane test package.json tsconfig.json | tar -x -C /tmp/base
+//   ln -s "$PWD/node_modules" /tmp/base/node_modules
+//   node test/bench/hot-path-ab.ts --base /tmp/base [--rounds 12] [--seconds 2] [--connections 32]
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { Pool } from 'undici';
+import { startGateway, type GatewayProcess } from './gateway-process.ts';
+import { closedLoop, startFixedUpstream } from './load.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    base: { type: 'string' },
+    rounds: { type: 'string', default: '12' },
+    seconds: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '32' },
+  },
+});
+if (!args.base) throw new Error('--base <source tree of the other version> is required');
+const rounds = Number(args.rounds);
+const ms = Number(args.seconds) * 1000;
+const connections = Number(args.connections);
+
+/** User + system CPU time of a process so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
+async function cpuUs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+const body = JSON.stringify({
+  model: 'bench-model',
+  messages: [{ role: 'user', content: 'Say hello in one word.' }],
+  max_tokens: 16,
+});
+const upstream = await startFixedUpstream();
+const sides: { name: string; gw: GatewayProcess; pool: Pool; cpu: number[] }[] = [];
+for (const [name, root] of [
+  ['this tree', undefined],
+  ['base', args.base],
+] as const) {
+  const gw = await startGateway(upstream.url, root ? { root } : {});
+  sides.push({ name, gw, pool: new Pool(gw.url, { connections, pipelining: 1 }), cpu: [] });
+}
+
+async function round(side: (typeof sides)[number], roundMs: number): Promise<number> {
+  const request = {
+    path: '/v1/chat/completions',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${side.gw.key}` },
+    body,
+  };
+  const cpu0 = await cpuUs(side.gw.pid);
+  const { ok, failed } = await closedLoop(side.pool, request, connections, roundMs);
+  if (failed > 0) throw new Error(`${failed} requests failed through ${side.name}`);
+  return ((await cpuUs(side.gw.pid)) - cpu0) / ok;
+}
+
+for (const side of sides) await round(side, 2000); // warm-up (JIT) for both
+const ratios: number[] = [];
+for (let i = 0; i < rounds; i++) {
+  const order = i % 2 === 0 ? sides : [...sides].reverse();
+  const perRequest = new Map<string, number>();
+  for (const side of order) {
+    const us = await round(side, ms);
+    side.cpu.push(us);
+    perRequest.set(side.name, us);
+  }
+  const ratio = (perRequest.get('this tree') as number) / (perRequest.get('base') as number);
+  ratios.push(ratio);
+  console.log(
+    `round ${i + 1}: this tree ${(perRequest.get('this tree') as number).toFixed(1)} µs/req, base ${(perRequest.get('base') as number).toFixed(1)} µs/req, ratio ${ratio.toFixed(3)}`,
+  );
+}
+const median = (a: number[]) => {
+  const s = [...a].sort((x, y) => x - y);
+  return s.length % 2
+    ? (s[(s.length - 1) / 2] as number)
+    : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+};
+for (const side of sides) {
+  console.log(
+    `${side.name}: gateway CPU per request median ${median(side.cpu).toFixed(1)} µs, best ${Math.min(...side.cpu).toFixed(1)} µs`,
+  );
+}
+const sorted = [...ratios].sort((x, y) => x - y);
+console.log(
+  `CPU per request, this tree ÷ base: median ${median(ratios).toFixed(3)} over ${rounds} pairs (quartiles ${(sorted[Math.floor(rounds / 4)] as number).toFixed(3)}–${(sorted[Math.floor((3 * rounds) / 4)] as number).toFixed(3)})`,
+);
+for (const side of sides) {
+  await side.pool.close();
+  await side.gw.stop();
+}
+upstream.close();
