@@ -34,7 +34,13 @@ export function childName(backendName: string): string {
 }
 
 /** Sidecar data plane: container name and ports inside a managed pod. */
-export const SIDECAR = { name: 'gpugate', port: 8080, adminPort: 9090 } as const;
+export const SIDECAR = {
+  name: 'gpugate',
+  port: 8080,
+  adminPort: 9090,
+  /** Where deployment.sidecarTLS's Secret is mounted. */
+  tlsDir: '/var/run/gpugate-tls',
+} as const;
 
 export interface SidecarSettings {
   image: string;
@@ -250,6 +256,7 @@ function deploymentFor(
       },
     },
   ];
+  const tls = sidecar ? (dep.sidecarTLS ?? null) : null;
   if (sidecar) {
     containers.push({
       name: SIDECAR.name,
@@ -259,13 +266,19 @@ function deploymentFor(
         `--port=${SIDECAR.port}`,
         `--admin-port=${SIDECAR.adminPort}`,
         '--push-token-file=/var/run/gpugate/token',
+        ...(tls
+          ? [`--tls-cert-file=${SIDECAR.tlsDir}/tls.crt`, `--tls-key-file=${SIDECAR.tlsDir}/tls.key`]
+          : []),
       ],
       ports: [
         { name: 'gpugate', containerPort: SIDECAR.port, protocol: 'TCP' },
         { name: 'gpugate-admin', containerPort: SIDECAR.adminPort, protocol: 'TCP' },
       ],
       readinessProbe: { httpGet: { path: '/readyz', port: 'gpugate-admin' }, periodSeconds: 5 },
-      volumeMounts: [{ name: 'gpugate-push-token', mountPath: '/var/run/gpugate', readOnly: true }],
+      volumeMounts: [
+        { name: 'gpugate-push-token', mountPath: '/var/run/gpugate', readOnly: true },
+        ...(tls ? [{ name: 'gpugate-tls', mountPath: SIDECAR.tlsDir, readOnly: true }] : []),
+      ],
     });
   }
   return {
@@ -293,6 +306,20 @@ function deploymentFor(
                     name: 'gpugate-push-token',
                     secret: { secretName: sidecar.pushTokenSecret, items: [{ key: 'token', path: 'token' }] },
                   },
+                  ...(tls
+                    ? [
+                        {
+                          name: 'gpugate-tls',
+                          secret: {
+                            secretName: tls.secretName,
+                            items: [
+                              { key: 'tls.crt', path: 'tls.crt' },
+                              { key: 'tls.key', path: 'tls.key' },
+                            ],
+                          },
+                        },
+                      ]
+                    : []),
                 ],
               }
             : {}),
@@ -319,7 +346,13 @@ function serviceFor(obj: GpuBackend, dep: DeploymentSpec, owner: object, sidecar
         { name: 'http', port: dep.port, targetPort: 'http', protocol: 'TCP' },
         ...(sidecar
           ? [
-              { name: 'gpugate', port: SIDECAR.port, targetPort: 'gpugate', protocol: 'TCP' },
+              {
+                name: 'gpugate',
+                port: SIDECAR.port,
+                targetPort: 'gpugate',
+                protocol: 'TCP',
+                appProtocol: dep.sidecarTLS ? 'https' : 'http',
+              },
               {
                 name: 'gpugate-admin',
                 port: SIDECAR.adminPort,

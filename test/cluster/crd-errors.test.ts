@@ -165,6 +165,13 @@ const MISTAKES: Mistake[] = [
     messages: ['spec.deployment.env[0]: Invalid value: set exactly one of value or secretKeyRef'],
   },
   {
+    mistake: 'a TLS certificate for the sidecar without a sidecar',
+    object: gb({ deployment: { image: 'vllm/vllm-openai', sidecarTLS: { secretName: 'gpu-tls' } } }),
+    messages: [
+      'spec.deployment.sidecarTLS: Invalid value: sidecarTLS needs dataplane: sidecar (the shared data plane takes its certificate from the chart value dataplane.tls.secretName)',
+    ],
+  },
+  {
     mistake: 'registration without the shared secret',
     object: gb({ registration: {} }),
     messages: ['spec.registration.secretRef: Required value', NOT_CHECKED],

@@ -6,6 +6,7 @@ import {
   Duration,
   HttpUrl,
   ModelNames,
+  ObjectName,
   ObservedGeneration,
   SecretKeyRef,
   StringEnum,
@@ -208,8 +209,27 @@ const Deployment = Type.Object(
       maxLength: 256,
       default: '/health',
     }),
+    sidecarTLS: Type.Optional(
+      Type.Object(
+        {
+          secretName: ObjectName(
+            'A kubernetes.io/tls Secret (tls.crt, tls.key) in this namespace; the sidecar serves HTTPS with it and re-reads it when it is renewed.',
+            'Secret',
+          ),
+        },
+        { description: "HTTPS on the sidecar data plane's public port (its admin port stays HTTP)." },
+      ),
+    ),
   },
-  { description: 'Run the model server as a Deployment managed by gpugate, scheduled on GPU nodes.' },
+  {
+    description: 'Run the model server as a Deployment managed by gpugate, scheduled on GPU nodes.',
+    ...cel({
+      rule: "!has(self.sidecarTLS) || self.dataplane == 'sidecar'",
+      message:
+        'sidecarTLS needs dataplane: sidecar (the shared data plane takes its certificate from the chart value dataplane.tls.secretName)',
+      fieldPath: '.sidecarTLS',
+    }),
+  },
 );
 
 const Registration = Type.Object(

@@ -1,0 +1,171 @@
+// deployment.sidecarTLS on the real control plane: the operator (a process with its own service account)
+// injects the sidecar data plane with the named kubernetes.io/tls Secret mounted and the TLS flags set, and
+// the Service says https on the sidecar's port. kwok pods run no code, so the sidecar container's own
+// command line (Secret mount mapped to a folder holding an openssl-made pair, as the kubelet would project
+// it) then starts a real data-plane process, which must present that certificate to a verifying client.
+import { X509Certificate } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { startProcess, type Proc } from '../fixtures/processes.ts';
+import { kubectl, newNamespace, waitUntil } from './harness.ts';
+import { getJson, installCrds, operatorServiceAccount, startOperatorProcess } from './operator-helpers.ts';
+
+const TOKEN = 'sidecar-tls-push-token';
+
+interface Container {
+  name: string;
+  args: string[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+}
+interface DeploymentJson {
+  spec: {
+    template: {
+      spec: {
+        containers: Container[];
+        volumes: { name: string; secret?: { secretName: string; items?: { key: string; path: string }[] } }[];
+      };
+    };
+  };
+}
+
+describe('sidecar data plane with TLS', () => {
+  let ns: string;
+  let operator: Proc & { url: string };
+  let dir: string;
+  let ca: TestCa;
+  let pair: { cert: string; key: string };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'gpugate-sidecar-tls-'));
+    ca = await makeCa(dir, 'sidecar-ca');
+    pair = await makeServerCert(ca, 'sidecar-server');
+    await installCrds();
+    ns = await newNamespace('sidecar-tls');
+    const kubeconfig = await operatorServiceAccount(ns);
+    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${TOKEN}`]);
+    await kubectl([
+      'create',
+      'secret',
+      'tls',
+      'gpu-tls',
+      '-n',
+      ns,
+      `--cert=${join(dir, 'sidecar-server.crt')}`,
+      `--key=${join(dir, 'sidecar-server.key')}`,
+    ]);
+    operator = await startOperatorProcess({
+      ns,
+      kubeconfig,
+      extra: ['--sidecar-image', 'gpugate/gpugate:test'],
+    });
+    await operator.waitFor('caches synced');
+  });
+  afterAll(async () => {
+    await operator?.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('mounts the Secret into the sidecar, passes the TLS flags, and the sidecar command serves that certificate', async () => {
+    await kubectl(['apply', '-n', ns, '-f', '-'], {
+      input: `
+apiVersion: gpugate.io/v1alpha1
+kind: GpuBackend
+metadata: {name: secure}
+spec:
+  deployment:
+    image: vllm/vllm-openai:v0.11.0
+    dataplane: sidecar
+    sidecarTLS: {secretName: gpu-tls}
+`,
+    });
+    const dep = await waitUntil('Deployment secure-gpugate', () =>
+      getJson<DeploymentJson>(['get', 'deployment', 'secure-gpugate', '-n', ns]),
+    );
+    const pod = dep.spec.template.spec;
+    // Default mode (0644): the pod has no fsGroup, and the sidecar runs as the image's non-root user.
+    // Only the sidecar container mounts it.
+    expect(pod.volumes.find((v) => v.name === 'gpugate-tls')?.secret).toMatchObject({
+      secretName: 'gpu-tls',
+      items: [
+        { key: 'tls.crt', path: 'tls.crt' },
+        { key: 'tls.key', path: 'tls.key' },
+      ],
+    });
+    const sidecar = pod.containers.find((c) => c.name === 'gpugate')!;
+    const mount = sidecar.volumeMounts!.find((m) => m.name === 'gpugate-tls')!;
+    const model = pod.containers.find((c) => c.name === 'model')!;
+    expect((model.volumeMounts ?? []).map((m) => m.name)).not.toContain('gpugate-tls');
+    expect(mount.readOnly).toBe(true);
+    const svc = await getJson<{ spec: { ports: { name: string; appProtocol?: string }[] } }>([
+      'get',
+      'service',
+      'secure-gpugate',
+      '-n',
+      ns,
+    ]);
+    expect(svc.spec.ports.find((p) => p.name === 'gpugate')?.appProtocol).toBe('https');
+
+    // The sidecar's command line, with the Secret projected into a local folder and loopback ports.
+    const projected = join(dir, 'projected');
+    mkdirSync(projected);
+    writeFileSync(join(projected, 'tls.crt'), pair.cert);
+    writeFileSync(join(projected, 'tls.key'), pair.key);
+    writeFileSync(join(dir, 'token'), TOKEN);
+    const [script, ...flags] = sidecar.args;
+    const args = flags.map((a) => {
+      const [flag, value] = a.split('=', 2) as [string, string];
+      if (flag === '--port' || flag === '--admin-port') return `${flag}=0`;
+      if (flag === '--push-token-file') return `${flag}=${join(dir, 'token')}`;
+      if (value?.startsWith(`${mount.mountPath}/`))
+        return `${flag}=${join(projected, value.slice(mount.mountPath.length + 1))}`;
+      return a;
+    });
+    expect(args).toEqual(
+      expect.arrayContaining([
+        `--tls-cert-file=${join(projected, 'tls.crt')}`,
+        `--tls-key-file=${join(projected, 'tls.key')}`,
+      ]),
+    );
+    const p = startProcess(script!, ['--host=127.0.0.1', '--admin-host=127.0.0.1', ...args]);
+    try {
+      const listening = await p.waitFor('data plane listening');
+      const url = listening.url as string;
+      expect(url).toMatch(/^https:\/\//);
+      const fingerprint = await new Promise<string>((resolve, reject) => {
+        const s = connect(
+          { host: '127.0.0.1', port: Number(new URL(url).port), ca: [ca.pem], timeout: 5000 },
+          () => {
+            resolve(s.getPeerCertificate().fingerprint256);
+            s.end();
+          },
+        );
+        s.on('error', reject);
+      });
+      expect(fingerprint).toBe(new X509Certificate(pair.cert).fingerprint256);
+    } finally {
+      await p.kill();
+    }
+  });
+
+  it('without sidecarTLS the sidecar gets no TLS mount or flags', async () => {
+    await kubectl(['apply', '-n', ns, '-f', '-'], {
+      input: `
+apiVersion: gpugate.io/v1alpha1
+kind: GpuBackend
+metadata: {name: plain}
+spec:
+  deployment: {image: vllm/vllm-openai:v0.11.0, dataplane: sidecar}
+`,
+    });
+    const dep = await waitUntil('Deployment plain-gpugate', () =>
+      getJson<DeploymentJson>(['get', 'deployment', 'plain-gpugate', '-n', ns]),
+    );
+    const sidecar = dep.spec.template.spec.containers.find((c) => c.name === 'gpugate')!;
+    expect(sidecar.args.join(' ')).not.toContain('--tls-');
+    expect(dep.spec.template.spec.volumes.map((v) => v.name)).toEqual(['gpugate-push-token']);
+  });
+});
