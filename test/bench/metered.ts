@@ -1,10 +1,14 @@
 // Metered vs unmetered data-plane throughput, in one run. Not a test: numbers go to docs/benchmarks.md.
 //
 //   node test/bench/metered.ts [--seconds 5] [--rounds 3] [--connections 32] [--warmup-seconds 3]
+//                              [--rate R]
 //
 // Two gpugate processes (test/bench/gateway-process.ts, gpugate-runner.ts: every request-path feature
 // on) in front of the same fixed-answer upstream, loaded by the same closed-loop generator
-// (test/bench/load.ts) one after the other, rounds alternating to spread drift:
+// (test/bench/load.ts) one after the other, rounds alternating to spread drift, then at one fixed rate
+// (open loop, R req/s, default half the unmetered median throughput) so that CPU per request is
+// compared at equal load (closed loop, the slower gateway also batches less I/O per event-loop turn,
+// which raises its CPU per request by itself):
 //   unmetered: no usage sink, no quota manager;
 //   metered:   the batching writer (createMeteringWriter) into real Postgres and the quota manager on, with
 //              a quota on the tenant high enough never to refuse, so every request is admitted against a
@@ -32,6 +36,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '32' },
     'warmup-seconds': { type: 'string', default: '3' },
+    rate: { type: 'string' },
   },
 });
 const seconds = Number(args.seconds);
@@ -51,26 +56,27 @@ async function cpuUs(pid: number): Promise<number> {
 }
 
 /**
- * CPU time of the embedded Postgres (postmaster and every process it started: backends, WAL writer,
- * checkpointer) so far, in microseconds; null with DATABASE_URL (a server elsewhere). Backends that
- * exited before the call are not in it; the metered gateway's pool keeps its connections open.
+ * CPU time of the embedded Postgres so far, in microseconds: the postmaster's own and that of its
+ * exited children (cutime/cstime: backends it reaped, as when a pool closes an idle connection) plus
+ * every live child (backends, WAL writer, checkpointer). Null with DATABASE_URL (a server elsewhere).
  */
 async function postgresCpuUs(dataDir: string | undefined): Promise<number | null> {
   if (!dataDir) return null;
   const master = Number((await readFile(join(dataDir, 'postmaster.pid'), 'utf8')).split('\n')[0]);
-  let sum = 0;
+  let ticks = 0;
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = await readFile(`/proc/${entry}/stat`, 'utf8');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(entry) === master || Number(fields[1]) === master)
-        sum += (Number(fields[11]) + Number(fields[12])) * 10_000;
+      if (Number(entry) === master)
+        ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      else if (Number(fields[1]) === master) ticks += Number(fields[11]) + Number(fields[12]);
     } catch {
       // the process ended meanwhile
     }
   }
-  return sum;
+  return ticks * 10_000;
 }
 
 /** Sum of every sample of the named series on the gateway's /metrics. */
@@ -82,6 +88,42 @@ async function metric(gw: GatewayProcess, name: string): Promise<number> {
       sum += Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return sum;
+}
+
+/** POST at `rate` per second for `ms` whatever the answers take (open loop); waits for the last answers. */
+async function fixedRate(
+  pool: Pool,
+  req: { path: string; headers: Record<string, string>; body: string },
+  rate: number,
+  ms: number,
+): Promise<{ ok: number; failed: number }> {
+  const start = performance.now();
+  let sent = 0;
+  let ok = 0;
+  let failed = 0;
+  const inflight = new Set<Promise<void>>();
+  while (performance.now() - start < ms) {
+    const due = Math.floor(((performance.now() - start) / 1000) * rate);
+    for (; sent < due; sent++) {
+      const p: Promise<void> = pool
+        .request({ path: req.path, method: 'POST', headers: req.headers, body: req.body })
+        .then(
+          async (res) => {
+            await res.body.dump();
+            if (res.statusCode === 200) ok++;
+            else failed++;
+          },
+          () => {
+            failed++;
+          },
+        )
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await Promise.all(inflight);
+  return { ok, failed };
 }
 
 interface Round {
@@ -122,17 +164,16 @@ async function main(): Promise<void> {
 
     let meteredOk = 0;
     const served = new Map<GatewayProcess, number>();
-    async function load(gw: GatewayProcess, ms: number): Promise<Round> {
+    async function load(gw: GatewayProcess, ms: number, rate?: number): Promise<Round> {
       const pool = new Pool(gw.url, { connections, pipelining: 1 });
       const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
+      const req = { path: '/v1/chat/completions', headers, body };
       const cpu0 = await cpuUs(gw.pid);
       const pg0 = await postgresCpuUs(server?.dataDir);
-      const { ok, failed } = await closedLoop(
-        pool,
-        { path: '/v1/chat/completions', headers, body },
-        connections,
-        ms,
-      );
+      const { ok, failed } =
+        rate === undefined
+          ? await closedLoop(pool, req, connections, ms)
+          : await fixedRate(pool, req, rate, ms);
       const cpu = (await cpuUs(gw.pid)) - cpu0;
       const pg1 = await postgresCpuUs(server?.dataDir);
       await pool.close();
@@ -179,6 +220,25 @@ async function main(): Promise<void> {
       `capacity ratio (median gateway CPU per request, unmetered ÷ metered): ${(median(offRuns.map((r) => r.cpuUsPerReq)) / median(onRuns.map((r) => r.cpuUsPerReq))).toFixed(3)}`,
     );
     console.log(`events per flush (one INSERT, one round trip) per metered round: ${trips.join('; ')}`);
+
+    // The same request rate for both: CPU per request at equal load.
+    const rate = Number(args.rate ?? Math.round(median(offRuns.map((r) => r.rate)) / 2));
+    const offFixed: Round[] = [];
+    const onFixed: Round[] = [];
+    for (let i = 0; i < rounds; i++) {
+      offFixed.push(await load(off, seconds * 1000, rate));
+      onFixed.push(await load(on, seconds * 1000, rate));
+    }
+    console.log(`at a fixed ${rate} req/s (open loop):`);
+    console.log(`  unmetered: ${show(offFixed)}`);
+    console.log(`  metered:   ${show(onFixed)}`);
+    console.log(
+      `  CPU per request at equal load, unmetered ÷ metered (medians): ${(median(offFixed.map((r) => r.cpuUsPerReq)) / median(onFixed.map((r) => r.cpuUsPerReq))).toFixed(3)}; ` +
+        `metering adds ${(median(onFixed.map((r) => r.cpuUsPerReq)) - median(offFixed.map((r) => r.cpuUsPerReq))).toFixed(1)} µs per request` +
+        (onFixed.every((r) => r.pgUsPerReq !== null)
+          ? `; Postgres ${onFixed.map((r) => (r.pgUsPerReq as number).toFixed(1)).join(', ')} µs per metered request`
+          : ''),
+    );
     console.log(
       `flush failures ${await metric(on, 'gpugate_metering_flush_failures_total')}, dropped events ` +
         `${await metric(on, 'gpugate_metering_dropped_events_total')}, quota lease statements ` +
