@@ -5,10 +5,11 @@
 //
 // Two gpugate processes (test/bench/gateway-process.ts, gpugate-runner.ts: every request-path feature
 // on) in front of the same fixed-answer upstream, loaded by the same closed-loop generator
-// (test/bench/load.ts) one after the other, rounds alternating to spread drift, then at one fixed rate
-// (open loop, R req/s, default half the unmetered median throughput) so that CPU per request is
-// compared at equal load (closed loop, the slower gateway also batches less I/O per event-loop turn,
-// which raises its CPU per request by itself):
+// (test/bench/load.ts) one after the other, rounds alternating to spread drift; then both at once at
+// one fixed rate (open loop, R req/s each, default a quarter of the unmetered median throughput) so
+// that CPU per request is compared at equal load and under the same machine conditions (closed loop,
+// the slower gateway also batches less I/O per event-loop turn, which raises its CPU per request by
+// itself, and other work on the machine lands on one gateway's rounds more than the other's):
 //   unmetered: no usage sink, no quota manager;
 //   metered:   the batching writer (createMeteringWriter) into real Postgres and the quota manager on, with
 //              a quota on the tenant high enough never to refuse, so every request is admitted against a
@@ -221,15 +222,17 @@ async function main(): Promise<void> {
     );
     console.log(`events per flush (one INSERT, one round trip) per metered round: ${trips.join('; ')}`);
 
-    // The same request rate for both: CPU per request at equal load.
-    const rate = Number(args.rate ?? Math.round(median(offRuns.map((r) => r.rate)) / 2));
+    // The same request rate for both, at the same time: CPU per request at equal load, and whatever
+    // else runs on the machine during a round weighs on both alike.
+    const rate = Number(args.rate ?? Math.round(median(offRuns.map((r) => r.rate)) / 4));
     const offFixed: Round[] = [];
     const onFixed: Round[] = [];
     for (let i = 0; i < rounds; i++) {
-      offFixed.push(await load(off, seconds * 1000, rate));
-      onFixed.push(await load(on, seconds * 1000, rate));
+      const [a, b] = await Promise.all([load(off, seconds * 1000, rate), load(on, seconds * 1000, rate)]);
+      offFixed.push(a);
+      onFixed.push(b);
     }
-    console.log(`at a fixed ${rate} req/s (open loop):`);
+    console.log(`both at a fixed ${rate} req/s at the same time (open loop):`);
     console.log(`  unmetered: ${show(offFixed)}`);
     console.log(`  metered:   ${show(onFixed)}`);
     console.log(
