@@ -18,7 +18,7 @@ import {
 } from '../api/v1alpha1/index.ts';
 import { SNAPSHOT_SCHEMA_VERSION, type Snapshot } from '../../dataplane/config/snapshot.ts';
 import type * as S from '../../dataplane/config/snapshot.ts';
-import { contentRevision, sha256Hex } from '../../dataplane/config/revision.ts';
+import { canonicalJson, sha256Hex } from '../../dataplane/config/revision.ts';
 import { checkKeyShape, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
 
 /** A Secret's data, already decoded from base64. */
@@ -88,11 +88,25 @@ export function objectId(meta: { namespace?: string; name: string }): string {
   return `${meta.namespace ?? 'default'}/${meta.name}`;
 }
 
+type Defaulted<T> = { ok: true; value: T } | { ok: false; message: string };
+
+// The operator compiles the informer's objects, which are replaced on every change and never mutated: a
+// spec's defaulted, checked copy (and below, an ApiKey's compiled entry) is kept for as long as its
+// object lives, so with 10,000 keys a compile re-validates and re-hashes only what changed. Results are
+// the same as without the memo; only objects are keys, so nothing outlives the caches that hold them.
+const checkedSpecs = new WeakMap<object, Map<TSchema, Defaulted<unknown>>>();
+
 /** Applies the schema's defaults (as the API server would) to a copy, then checks it. */
-function defaulted<T>(
-  schema: TSchema,
-  value: unknown,
-): { ok: true; value: T } | { ok: false; message: string } {
+function defaulted<T>(schema: TSchema, value: unknown): Defaulted<T> {
+  if (typeof value !== 'object' || value === null) return check<T>(schema, value);
+  let bySchema = checkedSpecs.get(value);
+  if (!bySchema) checkedSpecs.set(value, (bySchema = new Map()));
+  let result = bySchema.get(schema);
+  if (!result) bySchema.set(schema, (result = check<T>(schema, value)));
+  return result as Defaulted<T>;
+}
+
+function check<T>(schema: TSchema, value: unknown): Defaulted<T> {
   const copy = Value.Default(schema, Value.Clone(value ?? {}));
   if (Value.Check(schema, copy)) return { ok: true, value: copy as T };
   const first = Value.Errors(schema, copy)[0];
@@ -160,13 +174,33 @@ export function compileSnapshot(input: CompileInput): CompileResult {
   };
   const snapshot: Snapshot = {
     ...body,
-    revision: contentRevision(body),
+    revision: revisionOf(body),
     generatedAt: input.now.toISOString(),
   };
   problems.sort((a, b) =>
     `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`),
   );
   return { snapshot, problems };
+}
+
+const canonicalKeyEntries = new WeakMap<S.ApiKey, string>();
+
+/**
+ * contentRevision(body), with each key entry's canonical JSON kept with the (memoized) entry: the same text
+ * canonicalJson gives for the whole body (members in sorted order: backends, keys, schemaVersion, settings,
+ * tenants), hashed the same way; the data plane recomputes it with contentRevision and refuses a mismatch.
+ */
+function revisionOf(body: Omit<Snapshot, 'revision' | 'generatedAt'>): string {
+  const keys = body.keys.map((k) => {
+    let text = canonicalKeyEntries.get(k);
+    if (text === undefined) canonicalKeyEntries.set(k, (text = canonicalJson(k)));
+    return text;
+  });
+  return sha256Hex(
+    `{"backends":${canonicalJson(body.backends)},"keys":[${keys.join(',')}],` +
+      `"schemaVersion":${canonicalJson(body.schemaVersion)},"settings":${canonicalJson(body.settings)},` +
+      `"tenants":${canonicalJson(body.tenants)}}`,
+  );
 }
 
 type ReadSecret = (
@@ -400,6 +434,20 @@ function compileKeys(
       problem(secret.reason, secret.message);
       continue;
     }
+    const memo = compiledKeys.get(obj);
+    if (memo && memo.secret === secret.value && memo.tenant === tenant) {
+      const holder = byHash.get(memo.entry.sha256);
+      if (holder) {
+        problem(
+          'DuplicateKey',
+          `the key in Secret ${namespace}/${ref.name} is already used by ApiKey ${holder}`,
+        );
+        continue;
+      }
+      byHash.set(memo.entry.sha256, id);
+      out.push(memo.entry);
+      continue;
+    }
     const key = secret.value.trim();
     const shape = checkKeyShape(key);
     if (shape !== 'ok') {
@@ -420,7 +468,7 @@ function compileKeys(
       continue;
     }
     byHash.set(sha256, id);
-    out.push({
+    const entry: S.ApiKey = {
       id,
       tenant,
       sha256,
@@ -431,7 +479,12 @@ function compileKeys(
       quota: s.quota ? { credits: s.quota.credits, period: s.quota.period } : null,
       allowedModels: [...(s.allowedModels ?? [])].sort(),
       allowedCIDRs: [...(s.allowedCIDRs ?? [])].sort(),
-    });
+    };
+    compiledKeys.set(obj, { secret: secret.value, tenant, entry });
+    out.push(entry);
   }
   return sortById(out);
 }
+
+/** An ApiKey's snapshot entry, valid while its object, its Secret's value and its tenant id are the same. */
+const compiledKeys = new WeakMap<object, { secret: string; tenant: string; entry: S.ApiKey }>();

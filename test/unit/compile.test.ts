@@ -96,6 +96,35 @@ describe('compileSnapshot', () => {
     expect(changed.revision).not.toBe(a.revision);
   });
 
+  it('recompiling the same objects (the memo of entries) gives what a first compile gives, with the data plane revision', () => {
+    const base = input({
+      apiKeys: [apiKey('acme-ci', { tenant: 'acme' }), apiKey('other', { tenant: 'acme' })],
+    });
+    base.secrets.push({ namespace: 'team', name: 'other-gpugate-key', data: { key: generateApiKey() } });
+    const first = compileSnapshot(base).snapshot;
+    const again = compileSnapshot(base).snapshot;
+    expect(again).toEqual(first);
+    expect(again.revision).toBe(contentRevision(again));
+    // A new Secret value, a spec edit (a new object) and a tenant gone each change the memoized entry.
+    const rotated = generateApiKey();
+    const withRotated = compileSnapshot({
+      ...base,
+      secrets: [{ namespace: 'team', name: 'acme-ci-gpugate-key', data: { key: rotated } }, base.secrets[1]!],
+    }).snapshot;
+    expect(withRotated.keys[0]!.sha256).toBe(hashApiKey(rotated));
+    expect(withRotated.revision).toBe(contentRevision(withRotated));
+    const edited = compileSnapshot({
+      ...base,
+      apiKeys: [apiKey('acme-ci', { tenant: 'acme', disabled: true }), base.apiKeys[1]!],
+    }).snapshot;
+    expect(edited.keys[0]!.disabled).toBe(true);
+    expect(edited.revision).toBe(contentRevision(edited));
+    const { snapshot: noTenant, problems } = compileSnapshot({ ...base, tenants: [] });
+    expect(noTenant.keys).toEqual([]);
+    expect(problems.map((p) => p.reason)).toEqual(['TenantNotFound', 'TenantNotFound']);
+    expect(compileSnapshot(base).snapshot.keys).toEqual(first.keys);
+  });
+
   it('reports an ApiKey naming a missing Tenant and leaves it out, without failing the rest', () => {
     const { snapshot, problems } = compileSnapshot(
       input({ apiKeys: [apiKey('acme-ci', { tenant: 'acme' }), apiKey('ghost-key', { tenant: 'ghost' })] }),
