@@ -114,14 +114,18 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
   // Custom resources: queued when their generation changes (spec edits), not on status writes.
   const generations = new Map<string, number | undefined>();
-  const crHandlers = (kind: Kind, also?: (obj: CR, deleted: boolean) => void): InformerHandlers<CR> => {
+  const crHandlers = (
+    kind: Kind,
+    also?: (obj: CR, deleted: boolean) => void,
+    addChangesNothing?: (obj: CR) => boolean,
+  ): InformerHandlers<CR> => {
     const id = (o: CR) => `${kind}/${o.metadata.namespace}/${o.metadata.name}`;
     return {
       add(o) {
         generations.set(id(o), o.metadata.generation);
         enqueue(kind, o.metadata.namespace, o.metadata.name);
         also?.(o, false);
-        schedule();
+        if (!addChangesNothing?.(o)) schedule();
       },
       update(o) {
         const before = generations.get(id(o));
@@ -194,11 +198,20 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     tenants: cr('tenants', crHandlers('Tenant')),
     apiKeys: cr(
       'apikeys',
-      crHandlers('ApiKey', (k, deleted) => {
-        indexKeySecret(k as ApiKey & KubeObject, deleted);
-        // The Tenant's key count is status only.
-        enqueue('Tenant', k.metadata.namespace, (k as ApiKey).spec.tenant, 'status');
-      }),
+      crHandlers(
+        'ApiKey',
+        (k, deleted) => {
+          indexKeySecret(k as ApiKey & KubeObject, deleted);
+          // The Tenant's key count is status only.
+          enqueue('Tenant', k.metadata.namespace, (k as ApiKey).spec.tenant, 'status');
+        },
+        // A new key whose Secret the operator still has to generate cannot be in a snapshot yet: the
+        // compile comes with the Secret's watch event. (At 10,000 keys a compile takes a few hundred ms,
+        // and this one would hold the next, useful one back by the coalescing.) Edits always recompile.
+        (k) =>
+          !(k as ApiKey).spec.secretRef &&
+          !caches.secrets.get(generatedSecretName(k.metadata.name!), k.metadata.namespace),
+      ),
     ),
     secrets: startInformer<Secret>(
       opts.kubeConfig,
@@ -527,7 +540,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       }
     }
   };
-  const workers = Array.from({ length: opts.workers ?? 2 }, () => worker());
+  const workers = Array.from({ length: opts.workers ?? 4 }, () => worker());
 
   return {
     publisher,
