@@ -1,7 +1,7 @@
 // Metered vs unmetered data-plane throughput, in one run. Not a test: numbers go to docs/benchmarks.md.
 //
 //   node test/bench/metered.ts [--seconds 5] [--rounds 3] [--connections 32] [--warmup-seconds 3]
-//                              [--rate R]
+//                              [--rate R] [--baseline-root DIR]
 //
 // Two gpugate processes (test/bench/gateway-process.ts, gpugate-runner.ts: every request-path feature
 // on) in front of the same fixed-answer upstream, loaded by the same closed-loop generator
@@ -14,6 +14,9 @@
 //   metered:   the batching writer (createMeteringWriter) into real Postgres and the quota manager on, with
 //              a quota on the tenant high enough never to refuse, so every request is admitted against a
 //              lease and settled, and every answer is one usage event.
+// --baseline-root DIR: a third gateway, metered too, started from another source tree (an older version
+// of gpugate checked out or exported there, with node_modules linked), joins the fixed-rate rounds, so
+// a change to the metering path is measured against what it replaced in the same rounds.
 // Postgres: DATABASE_URL when set, else an embedded server with durable settings (fsync and
 // synchronous_commit on). Prints req/s per round, the gateway's CPU time per request, the two ratios
 // (throughput metered ÷ unmetered, summed; CPU per request unmetered ÷ metered, medians), and, from the
@@ -38,6 +41,7 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '32' },
     'warmup-seconds': { type: 'string', default: '3' },
     rate: { type: 'string' },
+    'baseline-root': { type: 'string' },
   },
 });
 const seconds = Number(args.seconds);
@@ -162,6 +166,11 @@ async function main(): Promise<void> {
     gateways.push(off);
     const on = await startGateway(upstream.url, { metering: url });
     gateways.push(on);
+    const baselineRoot = args['baseline-root'];
+    const base = baselineRoot
+      ? await startGateway(upstream.url, { metering: url, root: baselineRoot })
+      : null;
+    if (base) gateways.push(base);
 
     let meteredOk = 0;
     const served = new Map<GatewayProcess, number>();
@@ -179,7 +188,7 @@ async function main(): Promise<void> {
       const pg1 = await postgresCpuUs(server?.dataDir);
       await pool.close();
       if (failed > 0) throw new Error(`${failed} requests failed`);
-      if (gw === on) meteredOk += ok;
+      if (gw === on || gw === base) meteredOk += ok;
       served.set(gw, (served.get(gw) ?? 0) + ok);
       const pgUsPerReq = pg0 === null || pg1 === null ? null : (pg1 - pg0) / ok;
       return { rate: ok / (ms / 1000), cpuUsPerReq: cpu / ok, pgUsPerReq, ok };
@@ -227,10 +236,16 @@ async function main(): Promise<void> {
     const rate = Number(args.rate ?? Math.round(median(offRuns.map((r) => r.rate)) / 4));
     const offFixed: Round[] = [];
     const onFixed: Round[] = [];
+    const baseFixed: Round[] = [];
     for (let i = 0; i < rounds; i++) {
-      const [a, b] = await Promise.all([load(off, seconds * 1000, rate), load(on, seconds * 1000, rate)]);
+      const [a, b, c] = await Promise.all([
+        load(off, seconds * 1000, rate),
+        load(on, seconds * 1000, rate),
+        base ? load(base, seconds * 1000, rate) : null,
+      ]);
       offFixed.push(a);
       onFixed.push(b);
+      if (c) baseFixed.push(c);
     }
     console.log(`both at a fixed ${rate} req/s at the same time (open loop):`);
     console.log(`  unmetered: ${show(offFixed)}`);
@@ -243,6 +258,13 @@ async function main(): Promise<void> {
           ? `; Postgres ${onFixed.map((r) => (r.pgUsPerReq as number).toFixed(1)).join(', ')} µs per metered request`
           : ''),
     );
+    if (base) {
+      console.log(`  metered, ${baselineRoot}: ${show(baseFixed)}`);
+      console.log(
+        `  CPU per request, baseline tree ÷ this tree (medians): ${(median(baseFixed.map((r) => r.cpuUsPerReq)) / median(onFixed.map((r) => r.cpuUsPerReq))).toFixed(3)}; ` +
+          `metering adds ${(median(baseFixed.map((r) => r.cpuUsPerReq)) - median(offFixed.map((r) => r.cpuUsPerReq))).toFixed(1)} µs per request there`,
+      );
+    }
     console.log(
       `flush failures ${await metric(on, 'gpugate_metering_flush_failures_total')}, dropped events ` +
         `${await metric(on, 'gpugate_metering_dropped_events_total')}, quota lease statements ` +
@@ -252,8 +274,11 @@ async function main(): Promise<void> {
     console.log(
       `requests served including warm-up: unmetered (pid ${off.pid}) ${served.get(off)}, metered (pid ${on.pid}) ${served.get(on)}`,
     );
-    await on.stop(); // flushes what is buffered
-    gateways.pop();
+    for (const gw of [on, base]) {
+      if (!gw) continue;
+      await gw.stop(); // flushes what is buffered
+      gateways.splice(gateways.indexOf(gw), 1);
+    }
     const stored = (await db.query<{ n: string }>('SELECT count(*)::text AS n FROM usage_events')).rows[0]!.n;
     console.log(`usage events stored ${stored} for ${meteredOk} metered 200s`);
   } finally {
