@@ -29,7 +29,7 @@ import type { TaskStore } from './metering/tasks.ts';
 import { MemoryTaskStore } from './tasks/store.ts';
 import { registrationRoutes } from './registration/routes.ts';
 import type { RegistrationStore } from './registration/store.ts';
-import { loadTlsPair, watchTlsPair, type TlsFiles } from './tls/certs.ts';
+import { loadTlsPair, tlsMetrics, watchTlsPair, type TlsFiles } from './tls/certs.ts';
 import { UpstreamRegistry } from './upstream/endpoint.ts';
 import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
 
@@ -332,6 +332,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
           () => [proxy.server as unknown as TlsServer],
           logger,
           opts.tls.onReload,
+          tlsMetrics(registry, tlsPair),
         )
       : () => undefined;
   const adminUrl = urlOf(admin);

@@ -4,10 +4,11 @@
 // gets it with setSecureContext (new connections use it, open ones keep theirs). A pair that does not
 // load (half-written rotation, key that does not match) is refused and the old one kept. Messages name
 // the files, never their content.
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
 
 export interface TlsFiles {
   certFile: string;
@@ -24,6 +25,35 @@ export interface TlsPair {
 }
 
 export class TlsConfigError extends Error {}
+
+/** When the served (leaf) certificate stops being valid, in seconds since the epoch. */
+export function notAfterSeconds(cert: Buffer): number {
+  return Math.floor(Date.parse(new X509Certificate(cert).validTo) / 1000);
+}
+
+export interface TlsMetrics {
+  expiry: Gauge;
+  reloads: Counter<'outcome'>;
+}
+
+/** The served certificate's expiry (for an alert before it lapses) and the reload outcomes. */
+export function tlsMetrics(registry: Registry, initial: TlsPair): TlsMetrics {
+  const expiry = new Gauge({
+    name: 'gpugate_tls_certificate_expiry_timestamp_seconds',
+    help: 'Not-after time of the certificate the public port serves (Unix seconds); alert on time() approaching it',
+    registers: [registry],
+  });
+  expiry.set(notAfterSeconds(initial.cert));
+  const reloads = new Counter({
+    name: 'gpugate_tls_reloads_total',
+    help: 'Changed certificate files seen: reloaded (now served) or refused (the previous pair kept)',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  reloads.labels('reloaded');
+  reloads.labels('refused');
+  return { expiry, reloads };
+}
 
 /** Reads and checks a certificate and key; throws a TlsConfigError naming the file and what is wrong. */
 export function loadTlsPair(files: TlsFiles): TlsPair {
@@ -63,6 +93,7 @@ export function watchTlsPair(
   servers: () => TlsServer[],
   logger: Logger,
   onReload?: (outcome: 'reloaded' | 'refused') => void,
+  metrics?: TlsMetrics,
 ): () => void {
   const interval = files.reloadIntervalMs ?? 10_000;
   if (interval <= 0) return () => undefined;
@@ -78,6 +109,7 @@ export function watchTlsPair(
       if (message !== refused) {
         refused = message;
         logger.error({ problem: message }, 'new TLS certificate refused; serving the previous one');
+        metrics?.reloads.labels('refused').inc();
         onReload?.('refused');
       }
       return;
@@ -86,6 +118,8 @@ export function watchTlsPair(
     if (next.digest === current) return;
     for (const s of servers()) s.setSecureContext({ cert: next.cert, key: next.key });
     current = next.digest;
+    metrics?.expiry.set(notAfterSeconds(next.cert));
+    metrics?.reloads.labels('reloaded').inc();
     logger.info({ certFile: files.certFile }, 'TLS certificate reloaded');
     onReload?.('reloaded');
   }, interval);

@@ -165,6 +165,24 @@ describe('data plane TLS', () => {
     expect(await untilPresented(fingerprint(first.cert), [ca1.pem, ca2.pem])).toBe(fingerprint(first.cert));
   });
 
+  it("exports the served certificate's expiry and the reload outcomes on the admin port", async () => {
+    const text = await (await request(`${plane.adminUrl}/metrics`)).body.text();
+    const value = (name: string) =>
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith(name))
+          ?.split(' ')
+          .pop(),
+      );
+    // After the rotations above the first certificate is served again.
+    expect(value('gpugate_tls_certificate_expiry_timestamp_seconds')).toBe(
+      Math.floor(Date.parse(new X509Certificate(first.cert).validTo) / 1000),
+    );
+    expect(value('gpugate_tls_reloads_total{outcome="reloaded"}')).toBeGreaterThanOrEqual(2);
+    expect(value('gpugate_tls_reloads_total{outcome="refused"}')).toBeGreaterThanOrEqual(1);
+  });
+
   it('refuses to start with a missing, non-PEM or mismatched pair, naming the file', async () => {
     const start = (certFile: string, keyFile: string) =>
       createDataPlane({
