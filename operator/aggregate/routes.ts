@@ -49,7 +49,13 @@ export async function fleetRoute(path: string, source: FleetSource): Promise<Rou
   const m = /^\/fleet\/tenants\/([^/]+)\/([^/]+)$/.exec(path);
   if (!m)
     return { status: 404, body: { error: 'not found: use /fleet or /fleet/tenants/<namespace>/<name>' } };
-  const [ns, name] = [decodeURIComponent(m[1]!), decodeURIComponent(m[2]!)];
+  let ns: string;
+  let name: string;
+  try {
+    [ns, name] = [decodeURIComponent(m[1]!), decodeURIComponent(m[2]!)];
+  } catch {
+    return { status: 400, body: { error: 'the tenant path is not valid percent-encoding' } };
+  }
   for (const [what, value] of [
     ['namespace', ns],
     ['name', name],

@@ -288,6 +288,11 @@ describe('the operator’s fleet view over data-plane processes', () => {
     const res = await getJson(`${op.url}/fleet/tenants/Team/x`, TOKEN);
     expect(res.status).toBe(400);
     expect((res.body as { error: string }).error).toContain('"Team"');
+    const badEncoding = await getJson(`${op.url}/fleet/tenants/%ZZ/x`, TOKEN);
+    expect(badEncoding).toEqual({
+      status: 400,
+      body: { error: 'the tenant path is not valid percent-encoding' },
+    });
     const usage = await gpugate(
       'status',
       'tenant',
