@@ -14,7 +14,7 @@ describe('alerts', () => {
     expect(rule).toBeDefined();
     const dir = mkdtempSync(join(tmpdir(), 'gpugate-rules-'));
     writeFileSync(join(dir, 'rules.yaml'), stringify(rule!.spec));
-    expect(await promtool(['check', 'rules', 'rules.yaml'], dir)).toMatch(/SUCCESS: 13 rules found/);
+    expect(await promtool(['check', 'rules', 'rules.yaml'], dir)).toMatch(/SUCCESS: 14 rules found/);
     copyFileSync(join(import.meta.dirname, 'alerts.promtool.yaml'), join(dir, 'alerts.promtool.yaml'));
     expect(await promtool(['test', 'rules', 'alerts.promtool.yaml'], dir)).toContain('SUCCESS');
   });
