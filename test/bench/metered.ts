@@ -255,7 +255,8 @@ async function main(): Promise<void> {
         `metering adds ${(median(onFixed.map((r) => r.cpuUsPerReq)) - median(offFixed.map((r) => r.cpuUsPerReq))).toFixed(1)} µs per request ` +
         `(least over the rounds, which other work on the machine only raises: ${Math.min(...offFixed.map((r) => r.cpuUsPerReq)).toFixed(0)} → ${Math.min(...onFixed.map((r) => r.cpuUsPerReq)).toFixed(0)} µs)` +
         (onFixed.every((r) => r.pgUsPerReq !== null)
-          ? `; Postgres ${onFixed.map((r) => (r.pgUsPerReq as number).toFixed(1)).join(', ')} µs per metered request`
+          ? // Postgres serves every metered gateway of the round: its CPU over all their requests.
+            `; Postgres ${onFixed.map((r, i) => (((r.pgUsPerReq as number) * r.ok) / (r.ok + (baseFixed[i]?.ok ?? 0))).toFixed(1)).join(', ')} µs per metered request`
           : ''),
     );
     if (base) {
