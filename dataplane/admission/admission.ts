@@ -12,7 +12,7 @@
 // Order inside admit: rate limits (requests, tokens, concurrency; key, then tenant), the metering
 // gate for fail-closed tenants, then the quota lease. Nothing is spent unless everything passes.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { isIP, type BlockList } from 'node:net';
+import { isIP, type BlockList, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type {
   ApiKey,
@@ -27,11 +27,13 @@ import { gatewayError, type GatewayError } from '../errors.ts';
 import { addressIn, compileCidrs, normalizeAddress } from '../auth/cidr.ts';
 import {
   buildKeyIndex,
+  checkKeyEntry,
   credentialOf,
-  identifyKey,
+  findKey,
   MISSING_CREDENTIALS,
   unauthenticated,
   type IdentifyResult,
+  type KeyEntry,
   type KeyIndex,
   type Principal,
 } from '../auth/identify.ts';
@@ -208,6 +210,8 @@ export class CompiledAdmission {
    */
   readonly #quotaReady: Promise<void>;
   #quotaStored = false;
+  /** Per connection, the last API key it sent and its index entry: see #identifyKey. */
+  readonly #lastKey = new WeakMap<Socket, { credential: string; entry: KeyEntry }>();
   /** By key id, and by tenant id for principals without a key (JWT): see #limitedSubjects. */
   readonly #keySubjects = new Map<string, LimitedSubjects>();
   readonly #tenantSubjects = new Map<string, LimitedSubjects>();
@@ -306,7 +310,7 @@ export class CompiledAdmission {
       case 'malformed':
         return this.#counted(unauthenticated('invalid_api_key', credential.message), ip, now);
       case 'key':
-        return this.#counted(identifyKey(credential.key, this.keys, now, ip), ip, now);
+        return this.#counted(this.#identifyKey(req, credential.key, now, ip), ip, now);
       case 'jwt':
         if (this.#jwt.size === 0) {
           return this.#counted(
@@ -320,6 +324,23 @@ export class CompiledAdmission {
         }
         return this.#jwt.verify(credential.token, now).then((r) => this.#counted(r, ip, Date.now()));
     }
+  }
+
+  /**
+   * A keep-alive client sends the same key on every request of a connection: the shape check and the
+   * SHA-256 lookup run for its first request under this snapshot, later ones compare the string. What
+   * may change per request (disabled, expiry, suspension, client address) is checked every time. The
+   * memo lives as long as the connection and only holds a key that this connection sent and that
+   * exists in the snapshot.
+   */
+  #identifyKey(req: IncomingMessage, credential: string, now: number, ip: string): IdentifyResult {
+    const socket = req.socket;
+    const last = this.#lastKey.get(socket);
+    if (last !== undefined && last.credential === credential) return checkKeyEntry(last.entry, now, ip);
+    const found = findKey(credential, this.keys);
+    if ('ok' in found) return found;
+    this.#lastKey.set(socket, { credential, entry: found });
+    return checkKeyEntry(found, now, ip);
   }
 
   #counted(r: IdentifyResult, ip: string, now: number): IdentifyResult {

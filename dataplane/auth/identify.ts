@@ -24,6 +24,8 @@ export interface KeyEntry {
   expiresAtMs: number;
   /** The key's allowedCIDRs, parsed; null when the key may be used from anywhere. */
   cidrs: BlockList | null;
+  /** What a successful authentication with this key returns: built once per snapshot, never changed. */
+  authenticated: { ok: true; principal: Principal };
 }
 
 /** SHA-256 (hex) → key and its tenant; built once per snapshot. */
@@ -54,6 +56,7 @@ export function buildKeyIndex(
       tenant,
       expiresAtMs: key.expiresAt === null ? Infinity : Date.parse(key.expiresAt),
       cidrs,
+      authenticated: { ok: true, principal: { tenant, key, userId: null, userName: null } },
     });
   }
   return index;
@@ -124,6 +127,12 @@ export function identifyKey(
   now: number,
   clientIp: string | null,
 ): IdentifyResult {
+  const found = findKey(credential, index);
+  return 'ok' in found ? found : checkKeyEntry(found, now, clientIp);
+}
+
+/** The key's index entry after the shape and checksum checks and the SHA-256 lookup; a 401 otherwise. */
+export function findKey(credential: string, index: KeyIndex): KeyEntry | { ok: false; error: GatewayError } {
   const shape = checkKeyShape(credential);
   if (shape === 'not-a-gpugate-key') {
     return unauthenticated(
@@ -137,8 +146,14 @@ export function identifyKey(
       'the API key checksum does not match: the key is mistyped or truncated',
     );
   }
-  const entry = index.get(hashApiKey(credential));
-  if (!entry) return unauthenticated('unknown_api_key', 'the API key is not known to this gateway');
+  return (
+    index.get(hashApiKey(credential)) ??
+    unauthenticated('unknown_api_key', 'the API key is not known to this gateway')
+  );
+}
+
+/** What a known key may do now: disabled, expired, suspended tenant, client address outside its CIDRs. */
+export function checkKeyEntry(entry: KeyEntry, now: number, clientIp: string | null): IdentifyResult {
   const { key, tenant } = entry;
   if (key.disabled) return unauthenticated('key_disabled', `API key ${key.prefix}… is disabled`);
   if (now >= entry.expiresAtMs) {
@@ -151,7 +166,7 @@ export function identifyKey(
       `API key ${key.prefix}… may not be used from ${clientIp ?? 'an unknown address'} (see the key's allowedCIDRs)`,
     );
   }
-  return { ok: true, principal: { tenant, key, userId: null, userName: null } };
+  return entry.authenticated;
 }
 
 /** API-key identity from headers (JWTs are refused here; the admission step handles them). */

@@ -222,4 +222,28 @@ describe('credential parsing (property)', () => {
       { numRuns: 3000 },
     );
   });
+
+  it('on one keep-alive connection, only the exact key authenticates, and a new snapshot decides again', () => {
+    const shared = new Admission({ logger: pino({ level: 'silent' }) });
+    const socket = { remoteAddress: '127.0.0.1' };
+    const on = (compiled: ReturnType<Admission['compile']>, credential: string) =>
+      compiled.authenticate({
+        headers: { authorization: `Bearer ${credential}` },
+        socket,
+      } as unknown as IncomingMessage) as { ok: boolean; error?: { code: string } };
+    const first = shared.compile(snap);
+    const other = apiKey('t', { id: 't/other' }).secret; // well formed, not in the snapshot
+    const typo = `${secret.slice(0, -1)}${secret.endsWith('A') ? 'B' : 'A'}`;
+    expect(on(first, secret).ok).toBe(true);
+    expect(on(first, other).error?.code).toBe('unknown_api_key');
+    expect(on(first, secret).ok).toBe(true);
+    expect(on(first, typo).error?.code).toBe('invalid_api_key');
+    expect(on(first, secret).ok).toBe(true);
+    // The key disabled, then removed, in later snapshots: refused on the same connection.
+    const disabled = shared.compile({ ...snap, keys: [{ ...key, disabled: true }] } as Snapshot);
+    expect(on(disabled, secret).error?.code).toBe('key_disabled');
+    const removed = shared.compile({ ...snap, keys: [] } as Snapshot);
+    expect(on(removed, secret).error?.code).toBe('unknown_api_key');
+    expect(on(first, secret).ok).toBe(true);
+  });
 });
