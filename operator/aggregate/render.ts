@@ -104,7 +104,7 @@ export function renderTenant(fleet: TenantFleet, opts: { color: boolean }): stri
           !q
             ? 'none'
             : balance
-              ? `${num(balance.available)} of ${num(balance.limit + balance.toppedUp)} credits left (${q.period}; spent ${num(balance.spent)}, reserved ${num(balance.reserved)})`
+              ? `${num(balance.remaining)} of ${num(balance.limit + balance.toppedUp)} credits left (${q.period}; spent ${num(balance.spent)}, ${num(balance.reserved)} held in leases)`
               : `${num(q.credits)} credits ${q.period}; balance ${balanceError ? `unreadable: ${balanceError}` : 'not read (no usage database, or nothing leased yet)'}`,
         ],
       ]),
