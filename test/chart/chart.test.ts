@@ -151,6 +151,17 @@ describe('chart', () => {
     expect(JSON.stringify(rule)).toContain('runbooks.example.com/gpugate#gpugatehigherrorratio');
     expect(JSON.stringify(rule)).toContain('le=\\"10\\"');
     expect(byKind(objects, 'NetworkPolicy')).toHaveLength(3);
+    const opEnv = Object.fromEntries(
+      (podOf(one(objects, 'Deployment', '-operator')).containers[0]!.env ?? []).map((e) => [e.name, e]),
+    );
+    expect(opEnv.GPUGATE_GATEWAY_ADMINS?.value).toBe(
+      'http://regional-gw.example:8080=http://regional-gw-admin.example:9090,https://eu-gw.example=http://eu-gw-admin.example:9090',
+    );
+    expect(opEnv.GPUGATE_GATEWAY_ADMIN_TOKEN).toMatchObject({
+      valueFrom: { secretKeyRef: { name: 'chained-push-token', key: 'token' } },
+    });
+    const adminPolicy = byKind(objects, 'NetworkPolicy').find((o) => o.metadata.name.endsWith('-dataplane'));
+    expect(JSON.stringify(adminPolicy)).toContain('edge-gpugate');
   });
 
   it('has every rendered object accepted by the API server (server-side dry-run), defaults and every option', async () => {
