@@ -102,9 +102,14 @@ const gatewayAdmins = [
   ...(env.GPUGATE_GATEWAY_ADMINS ?? '').split(',').filter((u) => u.trim() !== ''),
 ];
 const gatewayTokenFile = values['gateway-admin-token-file'];
-const gatewayToken = gatewayTokenFile
-  ? readFileSync(gatewayTokenFile, 'utf8').trim()
-  : env.GPUGATE_GATEWAY_ADMIN_TOKEN || null;
+const gatewayToken = ((): string | null => {
+  if (!gatewayTokenFile) return env.GPUGATE_GATEWAY_ADMIN_TOKEN || null;
+  try {
+    return readFileSync(gatewayTokenFile, 'utf8').trim();
+  } catch (err) {
+    fail(`--gateway-admin-token-file ${gatewayTokenFile} cannot be read: ${(err as Error).message}`);
+  }
+})();
 // Checked now so a typo fails at start; the token may be the push token, read later from its Secret.
 try {
   parseChainSpecs('--gateway-admin', gatewayAdmins, '');

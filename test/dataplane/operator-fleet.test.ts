@@ -20,7 +20,7 @@ import { runCli } from '../../operator/cli/cli.ts';
 import { EXIT } from '../../operator/cli/command.ts';
 import { startOperatorServer } from '../../operator/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
-import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
+import { startDataPlaneProcess, startProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, tenant } from './harness.ts';
 
 const TOKEN = 'fleet-push-token';
@@ -408,6 +408,48 @@ describe('gateway chains in the fleet view', () => {
       expect(ep1!.chain!.error).toMatch(/fetch failed/);
     } finally {
       await wrong.close();
+    }
+  });
+});
+
+describe('operator/main.ts chained-gateway flags', () => {
+  it.each([
+    [
+      ['--gateway-admin', 'gw:8080=http://gw:9090'],
+      '--gateway-admin "gw:8080=http://gw:9090": the endpoint "gw:8080" is not an http(s) URL; use ENDPOINT_URL=ADMIN_URL, e.g. http://gw.example:8080=http://gw.example:9090',
+    ],
+    [
+      ['--gateway-admin-token-file', '/nonexistent/gpugate-token'],
+      "--gateway-admin-token-file /nonexistent/gpugate-token cannot be read: ENOENT: no such file or directory, open '/nonexistent/gpugate-token'",
+    ],
+  ])('refuses %j at start, naming it', async (args, message) => {
+    // The flags are checked before the operator talks to any API server (this one does not exist).
+    const dir = mkdtempSync(join(tmpdir(), 'gpugate-op-flags-'));
+    const kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        'clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]',
+        'users: [{name: u, user: {token: t}}]',
+        'contexts: [{name: x, context: {cluster: c, user: u}}]',
+        'current-context: x',
+      ].join('\n'),
+    );
+    const p = startProcess('operator/main.ts', ['--push-token-secret', 'ns/push-token', ...args], {
+      KUBECONFIG: kubeconfig,
+    });
+    try {
+      expect(await p.exited).toBe(2);
+      const fatal = p
+        .log()
+        .split('\n')
+        .find((l) => l.includes('"level":60'));
+      expect(JSON.parse(fatal!).msg).toBe(message);
+    } finally {
+      await p.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
