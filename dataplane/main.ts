@@ -24,11 +24,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
-import { createMaintenance } from './metering/maintenance.ts';
 import { migrate } from './metering/migrate.ts';
-import { createQuotaManager } from './metering/quota.ts';
-import { createTaskStore } from './metering/tasks.ts';
-import { createMeteringWriter } from './metering/writer.ts';
+import { startMetering, type MeteringRuntime } from './metering/runtime.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
@@ -107,28 +104,19 @@ if (token === null)
 
 const databaseUrl = values['database-url'] ?? env.DATABASE_URL;
 const registry = new Registry();
-function startMetering(pool: pg.Pool) {
-  return {
-    pool,
-    writer: createMeteringWriter({ pool, registry, logger }),
-    quota: createQuotaManager({ pool, registry, logger }),
-    tasks: createTaskStore({ pool }),
-    maintenance: createMaintenance({
-      pool,
-      registry,
-      logger,
-      retentionDays: intOf(
-        'usage-retention-days',
-        values['usage-retention-days'] ?? env.GPUGATE_USAGE_RETENTION_DAYS,
-        90,
-      ),
-    }),
-  };
-}
-let metering: ReturnType<typeof startMetering> | null = null;
+let metering: MeteringRuntime | null = null;
 if (databaseUrl) {
   await migrate(databaseUrl);
-  metering = startMetering(new pg.Pool({ connectionString: databaseUrl, max: 4 }));
+  metering = startMetering({
+    pool: new pg.Pool({ connectionString: databaseUrl, max: 4 }),
+    registry,
+    logger,
+    retentionDays: intOf(
+      'usage-retention-days',
+      values['usage-retention-days'] ?? env.GPUGATE_USAGE_RETENTION_DAYS,
+      90,
+    ),
+  });
 }
 
 const tlsCertFile = values['tls-cert-file'] ?? env.GPUGATE_TLS_CERT_FILE;
@@ -219,16 +207,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       .close({ drainMs })
       .then(async () => {
         if (!metering) return;
-        await metering.maintenance.close();
-        // Settle what the drained requests spent and return the unspent slices to other replicas (an
-        // unreachable database: the slices come back when their leases expire).
-        await Promise.race([
-          metering.quota.close(),
-          new Promise((_, reject) =>
-            setTimeout(() => reject(new Error('timed out after 5 s')), 5000).unref(),
-          ),
-        ]).catch((err: unknown) => logger.warn({ err }, 'quota leases not settled and returned'));
-        const outcome = await metering.writer.flushAndClose();
+        const outcome = await metering.close();
         logger.info(outcome, 'usage flushed');
         await metering.pool.end();
       })

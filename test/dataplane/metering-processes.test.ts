@@ -88,8 +88,22 @@ describe('three data-plane processes sharing one tenant quota', () => {
     let next = 0;
     const statuses = new Map<number, number>();
     const codes = new Map<string, number>();
-    let reservedWhenExhausted: number | null = null;
-    let probing: Promise<void> | null = null;
+    // What the three processes hold in leases, sampled every 10 ms (Postgres's quota_balances.reserved):
+    // the slices outstanding when the quota ran out are the largest in the 500 ms before the first
+    // refusal (a single read after that refusal can come when the last slices are already spent).
+    const samples: { at: number; reserved: number }[] = [];
+    let firstRefusalAt: number | null = null;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const r = await admin.query<{ reserved: number }>(
+          'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
+          [TENANT],
+        );
+        samples.push({ at: Date.now(), reserved: r.rows[0]?.reserved ?? 0 });
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    })();
     const started = Date.now();
 
     async function worker(pool: Pool): Promise<void> {
@@ -111,16 +125,7 @@ describe('three data-plane processes sharing one tenant quota', () => {
         }
         const code = ((await res.body.json()) as { error: { code: string } }).error.code;
         codes.set(code, (codes.get(code) ?? 0) + 1);
-        // The first refusal: what did the three processes hold in leases at that moment?
-        if (code === 'quota_exceeded')
-          probing ??= admin
-            .query<{ reserved: number }>(
-              'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
-              [TENANT],
-            )
-            .then((r) => {
-              reservedWhenExhausted = r.rows[0]!.reserved;
-            });
+        if (code === 'quota_exceeded') firstRefusalAt ??= Date.now();
       }
     }
     const pools = procs.map((p) => new Pool(p.url, { connections: CONNECTIONS_PER_PROCESS }));
@@ -132,7 +137,11 @@ describe('three data-plane processes sharing one tenant quota', () => {
       await Promise.all(pools.map((p) => p.close()));
     }
     const elapsedMs = Date.now() - started;
-    await probing;
+    sampling = false;
+    await sampler;
+    const refusedAt = firstRefusalAt ?? Infinity;
+    const before = samples.filter((x) => x.at >= refusedAt - 500 && x.at <= refusedAt);
+    const reservedWhenExhausted = before.length > 0 ? Math.max(...before.map((x) => x.reserved)) : null;
     // SIGTERM: drain, settle and return leases, flush the usage events, exit 0.
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
     const exits = await Promise.all(procs.map((p) => p.exited));
@@ -156,7 +165,8 @@ describe('three data-plane processes sharing one tenant quota', () => {
     console.log(
       `3 processes: ${REQUESTS} requests in ${elapsedMs} ms, statuses ${JSON.stringify(Object.fromEntries(statuses))}, ` +
         `refusals ${JSON.stringify(Object.fromEntries(codes))}; used ${used.toFixed(3)} of ${LIMIT}, ` +
-        `overspend ${overspend.toFixed(3)}, outstanding lease slices when the quota ran out ${reservedWhenExhausted}; ` +
+        `overspend ${overspend.toFixed(3)}, outstanding lease slices when the quota ran out ${reservedWhenExhausted} ` +
+        `(largest of ${before.length} samples in the 500 ms before the first refusal); ` +
         `events stored ${e.n} (${e.ok} of them 200s), exits ${exits.join(',')}`,
     );
 
