@@ -93,8 +93,22 @@ describe('three replicas sharing one tenant quota', () => {
     let next = 0;
     let admittedCount = 0;
     let refusedCount = 0;
-    let reservedWhenExhausted: number | null = null;
-    let probing: Promise<void> | null = null;
+    // What the replicas hold in leases (quota_balances.reserved), sampled every 10 ms: the slices
+    // outstanding when the quota ran out are the largest in the 500 ms before the first refusal (one
+    // read after that refusal can come when the last slices are already spent).
+    const samples: { at: number; reserved: number }[] = [];
+    let firstRefusalAt: number | null = null;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const r = await admin.query<{ reserved: number }>(
+          'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
+          [TENANT],
+        );
+        samples.push({ at: Date.now(), reserved: r.rows[0]?.reserved ?? 0 });
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    })();
 
     async function serve(replica: Replica, index: number): Promise<void> {
       const requestId = `r-${index}`;
@@ -111,15 +125,7 @@ describe('three replicas sharing one tenant quota', () => {
         replica.quota.settle(decision.ticket, credits);
       } else {
         refusedCount++;
-        // The first refusal: what did the replicas hold in leases at that moment?
-        probing ??= admin
-          .query<{ reserved: number }>(
-            'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
-            [TENANT],
-          )
-          .then((r) => {
-            reservedWhenExhausted = r.rows[0]!.reserved;
-          });
+        firstRefusalAt ??= Date.now();
       }
       const event: UsageEvent = {
         requestId,
@@ -150,7 +156,11 @@ describe('three replicas sharing one tenant quota', () => {
     const started = Date.now();
     await Promise.all(replicas.flatMap((r) => Array.from({ length: CONCURRENCY }, () => worker(r))));
     const elapsedMs = Date.now() - started;
-    await probing;
+    sampling = false;
+    await sampler;
+    const refusedAt = firstRefusalAt ?? Infinity;
+    const before = samples.filter((x) => x.at >= refusedAt - 500 && x.at <= refusedAt);
+    const reservedWhenExhausted = before.length > 0 ? Math.max(...before.map((x) => x.reserved)) : null;
     const closed = await Promise.all(replicas.map((r) => r.writer.flushAndClose()));
     await Promise.all(replicas.map((r) => r.quota.close()));
 
@@ -169,7 +179,8 @@ describe('three replicas sharing one tenant quota', () => {
     console.log(
       `replicas: ${REQUESTS} requests in ${elapsedMs} ms, ${admittedCount} admitted, ${refusedCount} refused; ` +
         `used ${used.toFixed(3)} of ${LIMIT}, overspend ${overspend.toFixed(3)}, ` +
-        `outstanding lease slices when the quota ran out ${reservedWhenExhausted}; ` +
+        `outstanding lease slices when the quota ran out ${reservedWhenExhausted} ` +
+        `(largest of ${before.length} samples in the 500 ms before the first refusal); ` +
         `events stored ${events.rows[0]!.n}, lost ${closed.reduce((a, c) => a + c.lost, 0)}; ` +
         `lease requests ${await sum(replicas, 'gpugate_quota_lease_requests_total')}, ` +
         `event flushes ${await sum(replicas, 'gpugate_metering_flush_duration_seconds', 'count')}`,
