@@ -27,6 +27,7 @@ describe('registration webhook under arbitrary input', () => {
 
   beforeAll(async () => {
     pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
     await migrate(pool);
     plane = await startPlane({ registrationStore: createPgRegistrationStore(pool) });
     const applied = plane.applySnapshot(
