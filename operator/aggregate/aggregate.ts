@@ -32,6 +32,8 @@ export interface ReplicaInfo {
   expectedRevision: string | null;
   snapshotAgeMs: number | null;
   uptimeMs: number | null;
+  /** The replica's feature flags from /admin/info (metering, quota, usageApi, accessLog, tracing). */
+  features: Record<string, boolean> | null;
 }
 
 export interface AggregatedEndpoint {
@@ -111,6 +113,7 @@ interface InfoDoc {
   version: string;
   uptimeMs: number;
   snapshot: { revision: string; ageMs: number | null } | null;
+  features?: Record<string, boolean>;
 }
 
 export async function aggregateFleet(opts: AggregateOptions): Promise<FleetStatus> {
@@ -138,6 +141,7 @@ export async function aggregateFleet(opts: AggregateOptions): Promise<FleetStatu
     expectedRevision: f.target.expectedRevision ?? null,
     snapshotAgeMs: f.info?.snapshot?.ageMs ?? null,
     uptimeMs: f.info?.uptimeMs ?? null,
+    features: f.info?.features ?? null,
   }));
   const disagreements: Disagreement[] = [];
   for (const r of replicas)

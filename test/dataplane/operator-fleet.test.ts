@@ -185,7 +185,12 @@ describe('the operator’s fleet view over data-plane processes', () => {
       },
     ]);
     const replica = (t: string) => fleet.replicas.find((r) => r.target === t)!;
-    expect(replica('dp-1')).toMatchObject({ reachable: true, replica: 'dp-1', revision: current.revision });
+    expect(replica('dp-1')).toMatchObject({
+      reachable: true,
+      replica: 'dp-1',
+      revision: current.revision,
+      features: { metering: false, quota: false, accessLog: true, tracing: false },
+    });
     expect(replica('dp-old')).toMatchObject({ reachable: true, revision: old.revision });
     expect(replica('dp-gone')).toMatchObject({ reachable: false, revision: null });
   });

@@ -124,6 +124,7 @@ describe('gpugate status fleet table with a chained gateway', () => {
           expectedRevision: REV,
           snapshotAgeMs: 12_000,
           uptimeMs: 60_000,
+          features: null,
         },
       ],
       backends: [
