@@ -118,7 +118,9 @@ describe('balancing', () => {
           metricsPath: '/metrics',
         },
       }),
-      { scrapeIntervalMs: 50 },
+      // Metrics older than 3 scrape intervals make the pick fall back to LeastRequest: 250 ms keeps the
+      // scraped load fresh for 750 ms, longer than a loaded machine delays a scrape timer.
+      { scrapeIntervalMs: 250 },
     );
     await until(() => scrapes.busy! > 1 && scrapes.idle! > 1);
     const count = (up: Upstream) => up.requests.filter((r) => r.url !== '/metrics').length;
