@@ -208,7 +208,16 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     return503OnClosing: true,
     // https.createServer takes the same listener options as http.createServer, plus the pair.
     ...(tlsPair
-      ? { https: { cert: tlsPair.cert, key: tlsPair.key, ...listenerOptions } }
+      ? {
+          https: {
+            cert: tlsPair.cert,
+            key: tlsPair.key,
+            ...listenerOptions,
+            // A TLS handshake is a slow client's first chance: bound it like the headers (Node's default
+            // is 120 s, and headersTimeout only starts once the handshake is done).
+            handshakeTimeout: headersTimeoutMs,
+          },
+        }
       : { http: listenerOptions }),
   });
   proxy.setErrorHandler((err: FastifyError, request, reply) => {

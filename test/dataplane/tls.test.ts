@@ -6,6 +6,7 @@ import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -163,6 +164,39 @@ describe('data plane TLS', () => {
     // Repaired: the next good pair is taken.
     install(first.cert, first.key);
     expect(await untilPresented(fingerprint(first.cert), [ca1.pem, ca2.pem])).toBe(fingerprint(first.cert));
+  });
+
+  it("a client that never finishes the TLS handshake is cut after headersTimeoutMs, not after Node's 120 s", async () => {
+    const slow = await createDataPlane({
+      logger: quietLogger,
+      listen: { host: '127.0.0.1', port: 0 },
+      admin: { host: '127.0.0.1', port: 0, token: null },
+      tls: { certFile: first.certFile, keyFile: first.keyFile, reloadIntervalMs: 0 },
+      headersTimeoutMs: 500,
+    });
+    try {
+      const slowPort = Number(new URL(slow.url).port);
+      // 20 connections: 10 send nothing, 10 send the first bytes of a ClientHello and stall.
+      const sockets = Array.from({ length: 20 }, (_, i) => {
+        const s = netConnect(slowPort, '127.0.0.1');
+        if (i % 2 === 1) s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
+        s.on('error', () => undefined);
+        return new Promise<'closed' | 'open'>((resolve) => {
+          // Bounded: 15 s is 30 times the configured timeout and an eighth of Node's default.
+          const timer = setTimeout(() => {
+            s.destroy();
+            resolve('open');
+          }, 15_000);
+          s.on('close', () => {
+            clearTimeout(timer);
+            resolve('closed');
+          });
+        });
+      });
+      expect(await Promise.all(sockets)).toEqual(Array(20).fill('closed'));
+    } finally {
+      await slow.close({ drainMs: 0 });
+    }
   });
 
   it("exports the served certificate's expiry and the reload outcomes on the admin port", async () => {
