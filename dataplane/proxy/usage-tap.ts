@@ -69,17 +69,27 @@ export class UsageTap {
   }
 
   #countEvents(chunk: Buffer): void {
-    const text = Buffer.concat([this.#carry, chunk]);
-    const carried = this.#carry.length;
+    const carry = this.#carry;
+    // Event starts split across the boundary: search the carried tail plus the chunk's first bytes
+    // (no copy of the whole chunk), counting matches that begin in the tail and end in the chunk.
+    const seam = Buffer.concat([carry, chunk.subarray(0, CARRY_BYTES)]);
     for (const pattern of DATA_OBJECT) {
-      // Only matches that end in the new chunk: the rest were counted with the previous one.
-      let at = text.indexOf(pattern, Math.max(0, carried - pattern.length + 1));
+      let at = seam.indexOf(pattern, Math.max(0, carry.length - pattern.length + 1));
+      while (at >= 0 && at < carry.length) {
+        this.#events++;
+        at = seam.indexOf(pattern, at + pattern.length);
+      }
+      // Matches that begin in the chunk itself.
+      at = chunk.indexOf(pattern);
       while (at >= 0) {
         this.#events++;
-        at = text.indexOf(pattern, at + pattern.length);
+        at = chunk.indexOf(pattern, at + pattern.length);
       }
     }
-    this.#carry = text.subarray(Math.max(0, text.length - CARRY_BYTES));
+    this.#carry =
+      chunk.length >= CARRY_BYTES
+        ? chunk.subarray(chunk.length - CARRY_BYTES)
+        : seam.subarray(Math.max(0, carry.length + chunk.length - CARRY_BYTES), carry.length + chunk.length);
   }
 
   /** The usage the backend reported, or null when it reported none (the caller estimates then). */
@@ -178,8 +188,22 @@ const MAX_PENDING_EVENT = 1 << 20;
 export class UsageChunkFilter {
   readonly #decoder = new StringDecoder('utf8');
   #pending = '';
+  /** Nothing held back: the last chunk ended with its last event (so the decoder holds no bytes either). */
+  #clean = true;
 
-  push(chunk: Buffer): string {
+  /**
+   * What to pass to the client now. A chunk of whole events none of which can be usage-only (no
+   * empty JSON array in it) is returned as it came, not decoded and re-encoded: most token chunks.
+   */
+  push(chunk: Buffer): Buffer | string {
+    const whole = endsWithBlankLine(chunk);
+    if (this.#clean && whole && !hasEmptyArray(chunk)) return chunk;
+    const out = this.#filter(chunk);
+    this.#clean = whole && this.#pending === '';
+    return out;
+  }
+
+  #filter(chunk: Buffer): string {
     const text = this.#pending + this.#decoder.write(chunk);
     let out = '';
     let start = 0;
@@ -204,6 +228,27 @@ export class UsageChunkFilter {
     this.#pending = '';
     return rest;
   }
+}
+
+function endsWithBlankLine(chunk: Buffer): boolean {
+  const n = chunk.length;
+  return n >= 2 && chunk[n - 1] === 0x0a && chunk[n - 2] === 0x0a;
+}
+
+/** `[` then optional JSON whitespace then `]` anywhere: the only way a usage-only event's empty choices can look. */
+function hasEmptyArray(chunk: Buffer): boolean {
+  let at = chunk.indexOf(0x5b);
+  while (at >= 0) {
+    let i = at + 1;
+    while (
+      i < chunk.length &&
+      (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x0d || chunk[i] === 0x09)
+    )
+      i++;
+    if (i < chunk.length && chunk[i] === 0x5d) return true;
+    at = chunk.indexOf(0x5b, at + 1);
+  }
+  return false;
 }
 
 function isUsageOnlyEvent(event: string): boolean {

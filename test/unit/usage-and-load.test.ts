@@ -128,6 +128,25 @@ describe('asking for stream usage on the client’s behalf', () => {
     expect(parseJsonRequest(Buffer.from('[{"stream": true}]'))).toBeNull();
   });
 
+  it('passes whole token events through byte for byte and still drops a usage-only event with spaced empty choices', () => {
+    const filter = new UsageChunkFilter();
+    const tokens = Buffer.from('data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n');
+    expect(Buffer.from(filter.push(tokens)).equals(tokens)).toBe(true);
+    const invalidUtf8 = Buffer.concat([
+      Buffer.from('data: {"x":"'),
+      Buffer.from([0xff]),
+      Buffer.from('"}\n\n'),
+    ]);
+    expect(Buffer.from(filter.push(invalidUtf8)).equals(invalidUtf8)).toBe(true);
+    const last = Buffer.from(
+      'data: {"choices":[{"delta":{"content":"b"}}],"usage":null}\n\n' +
+        'data: {"choices": [ ], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\ndata: [DONE]\n\n',
+    );
+    expect(filter.push(last).toString()).toBe(
+      'data: {"choices":[{"delta":{"content":"b"}}],"usage":null}\n\ndata: [DONE]\n\n',
+    );
+  });
+
   it('keeps the usage-only final chunk from the client, however the stream is split', () => {
     const events = [
       'data: {"choices":[{"delta":{"content":"héllo"}}],"usage":null}\n\n',
