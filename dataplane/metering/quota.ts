@@ -95,7 +95,7 @@ interface Lease {
   unsettled: number;
   /** Admitted requests not yet settled. */
   inflight: number;
-  /** Last settle step the database acknowledged (quota_settlements.seq). */
+  /** Last settle step the database acknowledged (quota_leases.settled_seq). */
   settledSeq: number;
   /**
    * The settle step sent and not yet acknowledged: sent again, unchanged, until it is, so a step
@@ -166,36 +166,38 @@ SELECT g.last_grant::float8 AS granted, g.available::float8 AS available FROM g,
 
 // released = the part of `spent` that was still reserved by the lease. When the lease is gone
 // (reclaimed after expiry), the sweep already un-reserved it: only `used` grows.
-// Idempotent: a step with spend carries (lease_id, seq), recorded in quota_settlements by this same
-// statement; only steps whose record is new (`charge`) move used, reserved and remaining, so a step
-// sent again after a lost answer renews the lease and charges nothing. seq 0: renewal only.
+// Idempotent: a step with spend carries seq (0: renewal only). The lease UPDATE charges it only when
+// it is newer than the lease's settled_seq (SET expressions see the row's old values; a retry racing
+// its own original waits for the row lock, then sees the new settled_seq), so a step sent again after
+// its answer was lost renews the lease and charges nothing. A step for a lease already deleted
+// charges unless the lease's tombstone in quota_settlements shows it done, and leaves a tombstone.
 const SETTLE = `
 WITH s AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::numeric[], $6::numeric[], $8::bigint[])
     AS s(lease_id, subject_kind, subject_id, period_start, spent, released, seq)
 ),
-fresh AS (
-  INSERT INTO quota_settlements (lease_id, seq)
-  SELECT lease_id, seq FROM s WHERE seq > 0
-  ON CONFLICT DO NOTHING
-  RETURNING lease_id, seq
-),
-c AS (
-  SELECT s.*, (f.lease_id IS NOT NULL) AS charge
-  FROM s LEFT JOIN fresh f ON f.lease_id = s.lease_id AND f.seq = s.seq
-),
 l AS (
   UPDATE quota_leases q
-  SET remaining = q.remaining - CASE WHEN c.charge THEN c.released ELSE 0 END,
+  SET last_settle_charged = q.settled_seq < s.seq,
+      remaining = q.remaining - CASE WHEN q.settled_seq < s.seq THEN s.released ELSE 0 END,
+      settled_seq = GREATEST(q.settled_seq, s.seq),
       expires_at = now() + make_interval(secs => $7::float8 / 1000)
-  FROM c WHERE q.lease_id = c.lease_id
-  RETURNING q.lease_id
+  FROM s WHERE q.lease_id = s.lease_id
+  RETURNING q.lease_id, q.last_settle_charged AS charged
+),
+c AS (
+  SELECT s.*, l.lease_id IS NOT NULL AS live,
+         CASE WHEN l.lease_id IS NOT NULL THEN l.charged
+              ELSE s.seq > 0 AND NOT EXISTS (
+                SELECT 1 FROM quota_settlements t WHERE t.lease_id = s.lease_id AND t.seq >= s.seq)
+         END AS charge
+  FROM s LEFT JOIN l ON l.lease_id = s.lease_id
 ),
 per_subject AS (
-  SELECT c.subject_kind, c.subject_id, c.period_start, sum(c.spent) AS spent,
-         sum(CASE WHEN l.lease_id IS NULL THEN 0 ELSE c.released END) AS released
-  FROM c LEFT JOIN l ON l.lease_id = c.lease_id
-  WHERE c.charge
+  SELECT subject_kind, subject_id, period_start, sum(spent) AS spent,
+         sum(CASE WHEN live THEN released ELSE 0 END) AS released
+  FROM c
+  WHERE charge
   GROUP BY 1, 2, 3
 ),
 b AS (
@@ -205,16 +207,31 @@ b AS (
   WHERE b.subject_kind = p.subject_kind AND b.subject_id = p.subject_id
     AND b.period_start = p.period_start
   RETURNING 1
+),
+t AS (
+  INSERT INTO quota_settlements (lease_id, seq)
+  SELECT lease_id, seq FROM c WHERE charge AND NOT live
+  ON CONFLICT DO NOTHING
+  RETURNING 1
 )
-SELECT c.lease_id::text AS lease_id, l.lease_id IS NOT NULL AS live, c.seq > 0 AND NOT c.charge AS duplicate
-FROM c LEFT JOIN l ON l.lease_id = c.lease_id`;
+SELECT lease_id::text AS lease_id, live, seq > 0 AND NOT charge AS duplicate FROM c`;
 
-/** Delete leases (returned by their holder, or expired) and un-reserve their remainder; counts them. */
+/**
+ * Delete leases (returned by their holder, or expired), un-reserve their remainder and leave each a
+ * tombstone with its last settled step; counts them.
+ */
 function releaseSql(where: string): string {
   return `
 WITH d AS (
   DELETE FROM quota_leases WHERE ${where}
-  RETURNING subject_kind, subject_id, period_start, remaining
+  RETURNING lease_id, subject_kind, subject_id, period_start, remaining, settled_seq
+),
+-- The lease's tombstone: its last settled step, for a settle retry that arrives after the deletion.
+t AS (
+  INSERT INTO quota_settlements (lease_id, seq)
+  SELECT lease_id, settled_seq FROM d WHERE settled_seq > 0
+  ON CONFLICT DO NOTHING
+  RETURNING 1
 ),
 p AS (
   SELECT subject_kind, subject_id, period_start, sum(remaining) AS remaining FROM d GROUP BY 1, 2, 3

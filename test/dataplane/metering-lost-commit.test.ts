@@ -6,7 +6,11 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
-import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/quota.ts';
+import {
+  createQuotaManager,
+  reclaimExpiredLeases,
+  type QuotaManager,
+} from '../../dataplane/metering/quota.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { startLossyPgProxy, type LossyPgProxy } from '../fixtures/lossy-pg-proxy.ts';
@@ -91,7 +95,7 @@ describe('a commit whose answer is lost', () => {
     await q.applySnapshot(quotas(1000));
     await spend(q, 5, 1.5);
 
-    const lost = proxy.loseNextAnswer('quota_settlements');
+    const lost = proxy.loseNextAnswer('last_settle_charged');
     await expect(q.sync()).rejects.toThrow();
     await lost;
     expect(proxy.lost()).toBe(1);
@@ -109,8 +113,27 @@ describe('a commit whose answer is lost', () => {
     await q.close();
     quota = null;
     expect(await used()).toEqual({ used: 13.5, reserved: 0 });
-    const { rows } = await direct.query<{ n: number }>('SELECT count(*)::int AS n FROM quota_settlements');
-    expect(rows[0]!.n).toBe(2);
+    // The returned lease left its tombstone: its last settled step.
+    const { rows } = await direct.query<{ seq: number }>('SELECT seq::int AS seq FROM quota_settlements');
+    expect(rows).toEqual([{ seq: 2 }]);
+  });
+
+  it('does not charge a retried settle again when its lease expired and was reclaimed meanwhile', async () => {
+    const registry = new Registry();
+    const q = createQuotaManager({ pool: viaProxy, registry, syncIntervalMs: 1_000_000_000 });
+    quota = q;
+    await q.applySnapshot(quotas(1000));
+    await spend(q, 4, 2.5);
+    const lost = proxy.loseNextAnswer('last_settle_charged');
+    await expect(q.sync()).rejects.toThrow();
+    await lost;
+    expect((await used()).used).toBe(10);
+    // An outage longer than the lease TTL: the lease expires and another replica's sweep reclaims it.
+    await direct.query(`UPDATE quota_leases SET expires_at = now() - interval '1 second'`);
+    expect(await reclaimExpiredLeases(direct)).toBe(1);
+    await q.sync(); // the retry finds the lease gone, and its tombstone says the step was done
+    expect(await used()).toEqual({ used: 10, reserved: 0 });
+    expect(await metric(registry, 'gpugate_quota_duplicate_settlements_total')).toBe(1);
   });
 
   it('stores each usage event once when a flush is retried after its commit answer was lost', async () => {
