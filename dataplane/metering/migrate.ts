@@ -10,7 +10,7 @@ import pg from 'pg';
 /** pg_advisory_xact_lock key for migrations: the bytes of "gpugate1" read as an int8. */
 export const MIGRATION_LOCK_KEY = 0x6770756761746531n;
 /** Lock key for creating usage_events partitions. */
-const PARTITION_LOCK_KEY = 0x6770756761746532n;
+export const PARTITION_LOCK_KEY = 0x6770756761746532n;
 /** Days of usage_events partitions created ahead of today at migrate time. */
 export const PARTITION_DAYS_AHEAD = 7;
 
@@ -61,21 +61,48 @@ export async function migrate(
   options: { now?: Date; dir?: string } = {},
 ): Promise<MigrateResult> {
   const migrations = await loadMigrations(options.dir);
-  const own = typeof connection === 'string';
-  const client =
-    typeof connection === 'string'
-      ? new pg.Client({ connectionString: connection })
-      : await connection.connect();
-  try {
-    if (own) await client.connect();
+  const run = async (client: pg.ClientBase): Promise<MigrateResult> => {
     const result = await applyPending(client, migrations);
     const today = utcDay(options.now ?? new Date());
     const days = Array.from({ length: PARTITION_DAYS_AHEAD + 2 }, (_, i) => addUtcDays(today, i - 1));
     await ensureUsagePartitions(client, days);
     return result;
+  };
+  if (typeof connection !== 'string') return withPoolClient(connection, run);
+  const client = new pg.Client({ connectionString: connection });
+  // A connection lost mid-statement makes the client emit 'error' as well as reject the statement; with
+  // no listener that event would kill the process. The rejected statement reports the loss.
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    return await run(client);
   } finally {
-    if (own) await client.end();
-    else (client as pg.PoolClient).release();
+    await client.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Run `fn` on a client checked out of `pool`, for statements that must share a connection (a
+ * transaction). While checked out, a client has no listener of the pool's: a connection that dies
+ * then (Postgres restarts, an admin terminates the backend) emits 'error' on the client, which kills
+ * the process when nobody listens. Here the statement in progress rejects instead, and a client that
+ * failed is discarded rather than returned to the pool.
+ */
+export async function withPoolClient<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  let lost: Error | undefined;
+  const onError = (err: Error): void => {
+    lost ??= err;
+  };
+  client.on('error', onError);
+  try {
+    return await fn(client);
+  } finally {
+    client.removeListener('error', onError);
+    client.release(lost);
   }
 }
 
@@ -128,21 +155,17 @@ export async function ensureUsagePartitions(
 ): Promise<void> {
   if (days.length === 0) return;
   // One transaction so the advisory lock covers the creations; a lone pg.Pool query would not.
-  const client = db instanceof pg.Pool ? await db.connect() : db;
+  if (db instanceof pg.Pool) return withPoolClient(db, (client) => ensureUsagePartitions(client, days));
+  await db.query('BEGIN');
   try {
-    await client.query('BEGIN');
-    try {
-      await client.query('SELECT pg_advisory_xact_lock($1)', [PARTITION_LOCK_KEY.toString()]);
-      await client.query('SELECT gpugate_ensure_usage_partition(d) FROM unnest($1::date[]) AS d', [
-        [...new Set(days)].sort(),
-      ]);
-      await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    }
-  } finally {
-    if (db instanceof pg.Pool) (client as pg.PoolClient).release();
+    await db.query('SELECT pg_advisory_xact_lock($1)', [PARTITION_LOCK_KEY.toString()]);
+    await db.query('SELECT gpugate_ensure_usage_partition(d) FROM unnest($1::date[]) AS d', [
+      [...new Set(days)].sort(),
+    ]);
+    await db.query('COMMIT');
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => undefined);
+    throw err;
   }
 }
 

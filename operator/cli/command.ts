@@ -120,5 +120,8 @@ export function table(rows: [string, string][]): string {
 }
 
 export function openPool(url: string): pg.Pool {
-  return new pg.Pool({ connectionString: url, max: 2 });
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  // An idle connection the server drops would otherwise kill the CLI; the next statement reconnects.
+  pool.on('error', () => undefined);
+  return pool;
 }
