@@ -4,17 +4,24 @@
 //
 // Environment: GPUGATE_EXAMPLES (manifest folder, default examples/), GPUGATE_RUN_DIR (default .run/),
 // GPUGATE_HOST (default 127.0.0.1), GPUGATE_PORT (8080), GPUGATE_ADMIN_PORT (8081),
-// GPUGATE_SIMULATOR_PORT (8001; 0 to not start the simulator), DATABASE_URL.
+// GPUGATE_SIMULATOR_PORT (8001; 0 to not start the simulator), DATABASE_URL,
+// GPUGATE_USAGE_RETENTION_DAYS (90; 0 keeps raw usage events forever).
+//
+// Metering is what a data-plane process with a database runs (startMetering): the usage writer, quota
+// leases, the Postgres async-task store and the scheduled maintenance. Stopping follows
+// dataplane/main.ts: drain the data plane, settle and return the quota leases, flush the usage events,
+// close the pool, and only then stop the simulator and Postgres.
 import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { createDataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../../test/fixtures/gpusim/index.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
-import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
+import { startMetering } from '../../dataplane/metering/runtime.ts';
 import { pushSnapshot } from '../push/push.ts';
 import { compileSnapshot } from '../snapshot/compile.ts';
 import { loadManifestDir } from '../snapshot/manifests.ts';
@@ -86,18 +93,34 @@ async function main(): Promise<void> {
       stops.push(() => sim.close());
     }
 
+    const retentionRaw = env.GPUGATE_USAGE_RETENTION_DAYS;
+    const retentionDays = retentionRaw === undefined || retentionRaw === '' ? 90 : Number(retentionRaw);
+    if (!Number.isInteger(retentionDays) || retentionDays < 0) {
+      throw new Error(
+        `GPUGATE_USAGE_RETENTION_DAYS=${JSON.stringify(retentionRaw)} is not a number of days: use a whole number, 0 to keep usage events forever`,
+      );
+    }
     const registry = new Registry();
-    const metering = createMeteringWriter({ url: databaseUrl, registry, logger: log });
+    const metering = startMetering({
+      pool: new pg.Pool({ connectionString: databaseUrl, max: 4 }),
+      registry,
+      logger: log,
+      retentionDays,
+    });
     stops.push(async () => {
-      const outcome = await metering.flushAndClose();
+      const outcome = await metering.close();
       log.info(outcome, 'usage flushed');
+      await metering.pool.end();
     });
 
     const pushToken = randomBytes(32).toString('base64url');
     const dataPlane = await createDataPlane({
       logger: log,
       registry,
-      usageSink: metering,
+      usageSink: metering.writer,
+      quota: metering.quota,
+      taskStore: metering.tasks,
+      usageDb: metering.pool,
       listen: { host, port: portFromEnv('GPUGATE_PORT', 8080) },
       admin: { host, port: portFromEnv('GPUGATE_ADMIN_PORT', 8081), token: pushToken },
     });

@@ -1,6 +1,6 @@
 // `make run` as a user meets it: the standalone process started from examples/, its printed key and
 // curl working, streaming arriving in chunks, a wrong key refused, a manifest edit reloaded, usage
-// stored in Postgres, and Ctrl-C stopping everything.
+// stored in Postgres, a tenant's credit quota enforced, and Ctrl-C stopping everything.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { generateApiKey } from '../../dataplane/auth/keys.ts';
 import { freePort } from '../../operator/standalone/postgres.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
 
@@ -30,6 +31,8 @@ describe('standalone mode (make run)', () => {
   let gateway = '';
   let key = '';
   let exitCode: number | null = null;
+  // A tenant with 2 credits a day, and its key from a Secret in the manifests folder.
+  const quotaKey = generateApiKey();
 
   beforeAll(async () => {
     const simPort = await freePort();
@@ -39,6 +42,29 @@ describe('standalone mode (make run)', () => {
     writeFileSync(
       backend,
       readFileSync(backend, 'utf8').replaceAll('127.0.0.1:8001', `127.0.0.1:${simPort}`),
+    );
+    writeFileSync(
+      join(examples, 'quota-demo.yaml'),
+      [
+        'apiVersion: gpugate.io/v1alpha1',
+        'kind: Tenant',
+        'metadata: { name: quota-demo, namespace: default }',
+        'spec:',
+        '  quota: { credits: 2, period: Daily }',
+        '---',
+        'apiVersion: v1',
+        'kind: Secret',
+        'metadata: { name: quota-demo-key, namespace: default }',
+        `stringData: { key: ${quotaKey} }`,
+        '---',
+        'apiVersion: gpugate.io/v1alpha1',
+        'kind: ApiKey',
+        'metadata: { name: quota-demo, namespace: default }',
+        'spec:',
+        '  tenant: quota-demo',
+        '  secretRef: { name: quota-demo-key, key: key }',
+        '',
+      ].join('\n'),
     );
     child = spawn(process.execPath, [join(repo, 'operator/standalone/main.ts')], {
       env: {
@@ -124,6 +150,39 @@ describe('standalone mode (make run)', () => {
     }
   });
 
+  it("enforces a tenant's credit quota: 429 quota_exceeded once its 2 credits are spent", async () => {
+    // An image-job submit costs exactly 1 credit (the route's cost), so the quota admits exactly two.
+    const submit = async () => {
+      const res = await request(`${gateway}/v1/images/jobs`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${quotaKey}`, 'content-type': 'application/octet-stream' },
+        body: Buffer.alloc(64, 1),
+      });
+      const text = await res.body.text();
+      return { status: res.statusCode, text };
+    };
+    const first = await submit();
+    const second = await submit();
+    expect([first.status, second.status].map((s) => s >= 200 && s < 300)).toEqual([true, true]);
+    const refused = await submit();
+    expect(refused.status).toBe(429);
+    const error = (JSON.parse(refused.text) as { error: { code: string; message: string } }).error;
+    expect(error.code).toBe('quota_exceeded');
+    const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
+    expect(error.message).toContain(tomorrow);
+    const pool = new pg.Pool({ connectionString: db.url });
+    try {
+      await waitFor('the 2 credits settled in Postgres', async () => {
+        const { rows } = await pool.query<{ used: number }>(
+          "SELECT used::float8 AS used FROM quota_balances WHERE subject_kind = 'tenant' AND subject_id = 'default/quota-demo'",
+        );
+        return rows[0]?.used === 2;
+      });
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('reloads when a manifest changes: a suspended tenant gets 403', async () => {
     const tenants = join(examples, 'tenants.yaml');
     writeFileSync(
@@ -144,5 +203,18 @@ describe('standalone mode (make run)', () => {
     child.kill('SIGINT');
     await waitFor('exit', () => exitCode !== null, 30_000);
     expect(exitCode).toBe(0);
+    // Stopped in order: leases settled and returned and usage flushed while Postgres was still up.
+    expect(out).toContain('usage flushed');
+    const pool = new pg.Pool({ connectionString: db.url });
+    try {
+      const leases = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM quota_leases');
+      expect(leases.rows[0]!.n).toBe(0);
+      const reserved = await pool.query<{ r: number }>(
+        'SELECT coalesce(sum(reserved), 0)::float8 AS r FROM quota_balances',
+      );
+      expect(reserved.rows[0]!.r).toBe(0);
+    } finally {
+      await pool.end();
+    }
   });
 });
