@@ -140,6 +140,7 @@ describe('chart', () => {
       valueFrom: { secretKeyRef: { name: 'gpugate-full-postgres', key: 'url' } },
     });
     expect(env.GPUGATE_INSTANCE_ID?.value).toBe('edge-gateway');
+    expect(env.GPUGATE_USAGE_RETENTION_DAYS?.value).toBe('30');
     expect(env.GPUGATE_ACCESS_LOG_LEVEL?.value).toBe('warn');
     expect(env.GPUGATE_ACCESS_LOG_SAMPLE?.value).toBe('0.25');
     expect(env.GPUGATE_OTLP_ENDPOINT?.value).toBe('http://otel-collector.observability:4318/v1/traces');
@@ -186,6 +187,9 @@ describe('chart', () => {
       /'ingres' not allowed/,
     );
     await expect(renderChart({ namespace: ns, set: ['logLevel=verbose'] })).rejects.toThrow(/logLevel/);
+    await expect(renderChart({ namespace: ns, set: ['metering.usageRetentionDays=-1'] })).rejects.toThrow(
+      /usageRetentionDays/,
+    );
   });
 
   it('binds the operator to exactly the rules of operator/rbac/rules.ts', async () => {
