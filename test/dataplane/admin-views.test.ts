@@ -16,6 +16,10 @@ describe('admin views', () => {
   let alive: Simulator;
   let dead: Simulator;
   const key = apiKey('team/a', { limits: { requestsPerMinute: 600 } });
+  // Refills one request every 10 s, so a bucket level read right after traffic does not depend on how
+  // fast a loaded machine gets there (1200/min refills a token every 50 ms).
+  const SLOW_PER_MINUTE = 6;
+  const slowKey = apiKey('team/slow');
 
   beforeAll(async () => {
     alive = await startSimulator({ models: ['sim-llama'], decodeMsPerToken: 0, outputTokens: 2 });
@@ -26,8 +30,11 @@ describe('admin views', () => {
       backends: [
         backend('gpu/llama', [alive.url, dead.url], { retries: { attempts: 2, retryOnStatus: [] } }),
       ],
-      tenants: [tenant('team/a', { limits: { requestsPerMinute: 1200, concurrentRequests: 8 } })],
-      keys: [key.key],
+      tenants: [
+        tenant('team/a', { limits: { requestsPerMinute: 1200, concurrentRequests: 8 } }),
+        tenant('team/slow', { limits: { requestsPerMinute: SLOW_PER_MINUTE } }),
+      ],
+      keys: [key.key, slowKey.key],
     });
     expect(plane.applySnapshot(snap).accepted).toBe(true);
   });
@@ -77,7 +84,7 @@ describe('admin views', () => {
     expect(body).toMatchObject({
       viewsVersion: 1,
       replica: plane.instanceId,
-      snapshot: { revision: plane.revision(), backends: 1, tenants: 1, keys: 1 },
+      snapshot: { revision: plane.revision(), backends: 1, tenants: 2, keys: 2 },
       features: { tracing: false, accessLog: true },
     });
     expect(typeof body.version).toBe('string');
@@ -96,8 +103,6 @@ describe('admin views', () => {
       },
       quota: null,
     });
-    const requests = (body.limits as { replica: { requests: { remaining: number } } }).replica.requests;
-    expect(requests.remaining).toBeLessThan(1200);
     const keys = body.keys as { prefix: string; limits: { configured: { requestsPerMinute: number } } }[];
     expect(keys).toHaveLength(1);
     expect(keys[0]?.prefix).toBe(key.key.prefix);
@@ -105,6 +110,32 @@ describe('admin views', () => {
     expect(JSON.stringify(body)).not.toContain(key.secret);
     expect(JSON.stringify(body)).not.toContain(key.key.sha256);
     expect((await get('/admin/tenants/team/nobody')).status).toBe(404);
+  });
+
+  it('shows this replica’s request bucket drained by the requests just served, refilled only by the time since', async () => {
+    const sent = 2;
+    const started = performance.now();
+    for (let i = 0; i < sent; i++) {
+      const res = await request(plane.url + '/v1/chat/completions', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${slowKey.secret}`, 'content-type': 'application/json' },
+        body: chat('sim-llama', { max_tokens: 2 }),
+      });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    const { body } = await get('/admin/tenants/team/slow');
+    const elapsedMs = performance.now() - started;
+    const requests = (body.limits as { replica: { requests: { limitPerMinute: number; remaining: number } } })
+      .replica.requests;
+    expect(requests.limitPerMinute).toBe(SLOW_PER_MINUTE);
+    // The bucket started full; at most elapsedMs × rate came back since the first request was taken
+    // (none unless this took over 10 s).
+    const refilled = Math.floor((elapsedMs * SLOW_PER_MINUTE) / 60_000);
+    expect(requests.remaining).toBeGreaterThanOrEqual(SLOW_PER_MINUTE - sent);
+    expect(requests.remaining).toBeLessThanOrEqual(
+      Math.min(SLOW_PER_MINUTE, SLOW_PER_MINUTE - sent + refilled),
+    );
   });
 
   it('answers a load balancer on /readyz/backends without a token, with ids and counts only', async () => {
