@@ -4,10 +4,17 @@
 // The Secret is created with POST (create-only), not server-side apply: an apply from a reconcile that
 // runs before the informer has seen the Secret would replace the key with a fresh one. A 409 means it
 // exists already; the cache will catch up and the next reconcile reads it.
+//
+// A generated Secret counts only when its ownerReferences name this ApiKey's UID, never by name alone: a
+// Secret of the usual name left by a deleted ApiKey of the same name (garbage collection not done yet, or
+// the delete orphaned it) holds a revoked key. The compiler refuses it, and the new key is generated into
+// `<name>-gpugate-key-<uid[:8]>` instead (generatedSecretNames). The stale Secret is never read, rewritten
+// or deleted here (the operator has no delete on Secrets); garbage collection removes it when it still
+// names its old owner, and an orphaned one is the user's to delete.
 import {
   API_VERSION,
   GENERATED_SECRET_KEY,
-  generatedSecretName,
+  generatedSecretNames,
   type ApiKey,
   type ApiKeyStatus,
 } from '../api/v1alpha1/index.ts';
@@ -24,7 +31,13 @@ import {
   type Reconciler,
 } from './types.ts';
 
-const REF_REASONS = new Set(['TenantNotFound', 'SecretNotFound', 'SecretKeyNotFound', 'InvalidKey']);
+const REF_REASONS = new Set([
+  'TenantNotFound',
+  'SecretNotFound',
+  'SecretKeyNotFound',
+  'SecretNotOwned',
+  'InvalidKey',
+]);
 const MAX_TIMER_MS = 24 * 3600_000;
 
 export function apiKeyReconciler(ctx: ControllerContext): Reconciler {
@@ -40,7 +53,7 @@ export function apiKeyReconciler(ctx: ControllerContext): Reconciler {
 
 async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
-  const ref = obj.spec.secretRef ?? { name: generatedSecretName(name), key: GENERATED_SECRET_KEY };
+  const ref = obj.spec.secretRef ?? generatedRef(ctx, obj);
   const secret = ctx.caches.secrets.get(ref.name, namespace);
   if (!obj.spec.secretRef && !secret && (await createKeySecret(ctx, obj, ref.name))) {
     ctx.logger.info({ apiKey: `${namespace}/${name}`, secret: ref.name }, 'generated key Secret');
@@ -52,7 +65,10 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
   // Conditions come from the latest compile's problems: while a compile is due they may describe an
   // older cache (a Secret just seen still "not found"), so the status waits for that compile.
   if (ctx.deferStatus?.('ApiKey', { namespace, name })) return DONE;
-  const raw = secret?.data?.[ref.key];
+  // A generated name held by a Secret this object does not own (made by hand) shows no prefix either.
+  const usable =
+    obj.spec.secretRef || secret?.metadata?.ownerReferences?.some((o) => o.uid === obj.metadata.uid);
+  const raw = usable ? secret?.data?.[ref.key] : undefined;
   const key = raw === undefined ? undefined : Buffer.from(raw, 'base64').toString('utf8').trim();
   const prefix = key !== undefined && checkKeyShape(key) === 'ok' ? keyPrefix(key) : undefined;
 
@@ -128,6 +144,18 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
     };
   }
   return DONE;
+}
+
+/**
+ * The generated Secret this ApiKey object uses: the one of its two names it owns; else the usual name when
+ * it is free, the UID-suffixed one when an earlier object's Secret still holds the usual name.
+ */
+function generatedRef(ctx: ControllerContext, obj: ApiKey & KubeObject): { name: string; key: string } {
+  const { namespace = 'default', name, uid = '' } = obj.metadata;
+  const names = generatedSecretNames(name, uid);
+  const found = names.map((n) => ctx.caches.secrets.get(n, namespace));
+  const owned = found.findIndex((s) => s?.metadata?.ownerReferences?.some((o) => o.uid === uid));
+  return { name: names[owned >= 0 ? owned : found[0] ? 1 : 0]!, key: GENERATED_SECRET_KEY };
 }
 
 async function createKeySecret(

@@ -179,6 +179,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     // The snapshot follows the Secret through the compile; the key's reconcile only refreshes status.
     for (const name of keysBySecret.get(`${namespace}/${s.metadata?.name}`) ?? [])
       enqueue('ApiKey', namespace, name, 'status');
+    // A generated Secret under its UID-suffixed name (apikey.ts) is found by its label.
+    const generatedFor = s.metadata?.labels?.['gpugate.io/apikey'];
+    if (generatedFor) enqueue('ApiKey', namespace, generatedFor, 'status');
     for (const b of caches.gpuBackends.list(namespace)) {
       const refs = [b.spec?.upstreamAuth?.secretRef?.name, b.spec?.registration?.secretRef?.name];
       if (refs.includes(s.metadata?.name)) enqueue('GpuBackend', namespace, b.metadata.name);
@@ -296,7 +299,12 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     if (!d) {
       const data: Record<string, string> = {};
       for (const [k, v] of Object.entries(s.data ?? {})) data[k] = Buffer.from(v, 'base64').toString('utf8');
-      d = { namespace: s.metadata?.namespace ?? 'default', name: s.metadata?.name ?? '', data };
+      d = {
+        namespace: s.metadata?.namespace ?? 'default',
+        name: s.metadata?.name ?? '',
+        data,
+        ownerUids: (s.metadata?.ownerReferences ?? []).map((o) => o.uid),
+      };
       decoded.set(s, d);
     }
     return d;

@@ -10,6 +10,7 @@ import {
   GpuBackendSpec,
   TenantSpec,
   generatedSecretName,
+  generatedSecretNames,
   parseDurationMs,
   type ApiKey,
   type GpuBackend,
@@ -26,6 +27,11 @@ export interface SecretData {
   namespace: string;
   name: string;
   data: Record<string, string>;
+  /**
+   * The UIDs in the Secret's ownerReferences (the operator sets them; standalone mode has none). A
+   * generated key Secret counts for an ApiKey only when they name that ApiKey's UID.
+   */
+  ownerUids?: string[];
 }
 
 /** Endpoints the operator found for a backend: pods of its Deployment, registrations, gateways. */
@@ -61,6 +67,7 @@ export type ProblemReason =
   | 'BackendNotFound'
   | 'SecretNotFound'
   | 'SecretKeyNotFound'
+  | 'SecretNotOwned'
   | 'InvalidKey'
   | 'DuplicateKey';
 
@@ -133,6 +140,7 @@ function sortById<T extends { id: string }>(items: T[]): T[] {
 
 export function compileSnapshot(input: CompileInput): CompileResult {
   const problems: ObjectProblem[] = [];
+  const secretsByName = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
   const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s.data]));
   const readSecret = (
     namespace: string,
@@ -156,7 +164,16 @@ export function compileSnapshot(input: CompileInput): CompileResult {
   const backendIds = new Set(backends.map((b) => b.id));
   const tenants = compileTenants(input, backendIds, readSecret, problems);
   const tenantIds = new Set(tenants.map((t) => t.id));
-  const keys = compileKeys(input, tenantIds, readSecret, problems);
+  const keys = compileKeys(
+    input,
+    tenantIds,
+    readSecret,
+    (namespace, name) => {
+      const secret = secretsByName.get(`${namespace}/${name}`);
+      return secret ? (secret.ownerUids ?? []) : undefined;
+    },
+    problems,
+  );
 
   const body = {
     schemaVersion: SNAPSHOT_SCHEMA_VERSION,
@@ -407,6 +424,8 @@ function compileKeys(
   input: CompileInput,
   tenantIds: Set<string>,
   readSecret: ReadSecret,
+  /** The owner UIDs of a Secret; undefined when there is no such Secret. */
+  secretOwners: (namespace: string, name: string) => string[] | undefined,
   problems: ObjectProblem[],
 ): S.ApiKey[] {
   const out: S.ApiKey[] = [];
@@ -428,7 +447,25 @@ function compileKeys(
       problem('TenantNotFound', `tenant: Tenant ${tenant} not found or not valid`);
       continue;
     }
-    const ref = s.secretRef ?? { name: generatedSecretName(obj.metadata.name), key: GENERATED_SECRET_KEY };
+    let ref = s.secretRef ?? { name: generatedSecretName(obj.metadata.name), key: GENERATED_SECRET_KEY };
+    // A generated Secret is matched by owner, not by name: one left behind by a deleted ApiKey of the same
+    // name (garbage collection not done yet, or orphaned) holds a revoked key that must not come back.
+    // Objects without a UID (standalone mode's manifests) have nothing to match and keep the name.
+    const uid = obj.metadata.uid;
+    if (!s.secretRef && uid) {
+      const names = generatedSecretNames(obj.metadata.name, uid);
+      const owned = names.find((n) => secretOwners(namespace, n)?.includes(uid));
+      if (owned) ref = { name: owned, key: GENERATED_SECRET_KEY };
+      else if (secretOwners(namespace, names[0]) !== undefined) {
+        problem(
+          'SecretNotOwned',
+          `Secret ${namespace}/${names[0]} is not owned by this ApiKey (uid ${uid}): it belongs to an earlier ` +
+            `object of the same name, or was made by hand, and its key is refused; the key is generated into ` +
+            `Secret ${namespace}/${names[1]}`,
+        );
+        continue;
+      }
+    }
     const secret = readSecret(namespace, ref);
     if (!secret.ok) {
       problem(secret.reason, secret.message);

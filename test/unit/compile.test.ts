@@ -312,3 +312,82 @@ describe('SnapshotStore', () => {
     ]);
   });
 });
+
+describe('compileSnapshot: generated key Secrets are matched by owner UID', () => {
+  const withUid = (uid: string): ApiKey => ({
+    ...apiKey('acme-ci', { tenant: 'acme' }),
+    metadata: { ...meta('acme-ci'), uid },
+  });
+
+  it('refuses a generated Secret owned by an earlier ApiKey of the same name (a revoked key stays revoked)', () => {
+    const key = generateApiKey();
+    const { snapshot, problems } = compileSnapshot(
+      input({
+        apiKeys: [withUid('uid-new')],
+        secrets: [{ namespace: 'team', name: 'acme-ci-gpugate-key', data: { key }, ownerUids: ['uid-old'] }],
+      }),
+    );
+    expect(snapshot.keys).toEqual([]);
+    expect(problems).toEqual([
+      expect.objectContaining({ kind: 'ApiKey', name: 'acme-ci', reason: 'SecretNotOwned', excluded: true }),
+    ]);
+    expect(problems[0]!.message).toContain('uid-new');
+    expect(problems[0]!.message).not.toContain(key);
+  });
+
+  it('uses the UID-suffixed Secret the new ApiKey owns while the old one still holds the usual name', () => {
+    const [oldKey, newKey] = [generateApiKey(), generateApiKey()];
+    const { snapshot, problems } = compileSnapshot(
+      input({
+        apiKeys: [withUid('abcdef12-3456')],
+        secrets: [
+          { namespace: 'team', name: 'acme-ci-gpugate-key', data: { key: oldKey }, ownerUids: ['uid-old'] },
+          {
+            namespace: 'team',
+            name: 'acme-ci-gpugate-key-abcdef12',
+            data: { key: newKey },
+            ownerUids: ['abcdef12-3456'],
+          },
+        ],
+      }),
+    );
+    expect(problems).toEqual([]);
+    expect(snapshot.keys.map((k) => k.sha256)).toEqual([hashApiKey(newKey)]);
+  });
+
+  it('refuses an owner-less Secret of the generated name, and accepts the one the ApiKey owns', () => {
+    const key = generateApiKey();
+    const secret = { namespace: 'team', name: 'acme-ci-gpugate-key', data: { key } };
+    const orphan = compileSnapshot(
+      input({ apiKeys: [withUid('uid-1')], secrets: [{ ...secret, ownerUids: [] }] }),
+    );
+    expect(orphan.snapshot.keys).toEqual([]);
+    expect(orphan.problems.map((p) => p.reason)).toEqual(['SecretNotOwned']);
+    const owned = compileSnapshot(
+      input({ apiKeys: [withUid('uid-1')], secrets: [{ ...secret, ownerUids: ['uid-1'] }] }),
+    );
+    expect(owned.problems).toEqual([]);
+    expect(owned.snapshot.keys.map((k) => k.sha256)).toEqual([hashApiKey(key)]);
+  });
+
+  it('keeps name matching for a user-referenced Secret and for objects without a UID (standalone manifests)', () => {
+    const key = generateApiKey();
+    const referenced = compileSnapshot(
+      input({
+        apiKeys: [
+          {
+            ...withUid('uid-1'),
+            spec: { tenant: 'acme', secretRef: { name: 'mine', key: 'k' } } as ApiKey['spec'],
+          },
+        ],
+        secrets: [{ namespace: 'team', name: 'mine', data: { k: key }, ownerUids: [] }],
+      }),
+    );
+    expect(referenced.problems).toEqual([]);
+    expect(referenced.snapshot.keys.map((k) => k.sha256)).toEqual([hashApiKey(key)]);
+    const standalone = compileSnapshot(
+      input({ secrets: [{ namespace: 'team', name: 'acme-ci-gpugate-key', data: { key } }] }),
+    );
+    expect(standalone.snapshot.keys.map((k) => k.sha256)).toEqual([hashApiKey(key)]);
+  });
+});

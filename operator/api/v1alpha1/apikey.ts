@@ -115,3 +115,12 @@ export function generatedSecretName(apiKeyName: string): string {
   return `${apiKeyName}-gpugate-key`;
 }
 export const GENERATED_SECRET_KEY = 'key';
+/**
+ * Where a generated key may live for the ApiKey object with this UID: the usual name, or, when a Secret
+ * of that name is held by an earlier object of the same name (deleted, its Secret not yet collected or
+ * orphaned), a name that carries the UID's first 8 characters. Only a Secret owned by the UID counts.
+ */
+export function generatedSecretNames(apiKeyName: string, uid: string): [string, string] {
+  const name = generatedSecretName(apiKeyName);
+  return [name, `${name}-${uid.slice(0, 8)}`];
+}
