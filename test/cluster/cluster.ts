@@ -433,12 +433,28 @@ export async function runKubectl(
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  // kubectl may exit (a bad flag, an API error) before it has read its input: writing to the closed pipe
+  // then fails with EPIPE on stdin, which without a listener is an uncaught exception that fails the whole
+  // run. It belongs to this command's result instead.
+  let stdinError: Error | undefined;
+  child.stdin.on('error', (err) => (stdinError = err));
   child.stdin.end(input ?? '');
   const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-  const [code] = (await once(child, 'close')) as [number | null];
-  clearTimeout(timer);
+  let code: number | null;
+  try {
+    [code] = (await once(child, 'close')) as [number | null];
+  } finally {
+    clearTimeout(timer);
+  }
+  const command = `kubectl ${args.join(' ')}`;
   if (code !== 0) {
-    throw new Error(`kubectl ${args.join(' ')} failed (exit ${code}): ${stderr.trim() || stdout.trim()}`);
+    const writeFailure = stdinError ? ` (writing its input: ${stdinError.message})` : '';
+    throw new Error(`${command} failed (exit ${code})${writeFailure}: ${stderr.trim() || stdout.trim()}`);
+  }
+  if (stdinError && input) {
+    throw new Error(
+      `${command} exited 0 without reading its input (${stdinError.message}): ${stdout.trim()}`,
+    );
   }
   return stdout;
 }
