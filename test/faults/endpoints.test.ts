@@ -10,6 +10,15 @@ const db = useTestDatabase();
 const CONCURRENCY = 6;
 const FAULT_MS = SOAK ? 20_000 : 2_000;
 
+/** The data plane's outlier ejections so far (its /metrics, which needs no token). */
+async function ejections(adminUrl: string): Promise<number> {
+  const text = await (await fetch(adminUrl + '/metrics')).text();
+  const line = text
+    .split('\n')
+    .find((l) => l.startsWith('gpugate_upstream_ejections_total{backend="team/sim"} '));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
 describe('GPU endpoint faults under load', () => {
   it('an endpoint killed mid-load fails at most the requests in flight on it, duplicates nothing and loses no usage', async () => {
     const fleet = await startFleet({ databaseUrl: db.url, endpoints: 3 });
@@ -54,13 +63,21 @@ describe('GPU endpoint faults under load', () => {
       databaseUrl: db.url,
       endpoints: 3,
       backend: { timeouts: { connectMs: 1000, firstByteMs: 800, totalMs: 10_000 } },
+      // The default first ejection lasts 5 s, after which the hung endpoint is tried again: the
+      // stretch of traffic after ejection below can take longer than that on a loaded machine.
+      plane: { outlier: { consecutiveFailures: 5, baseEjectionMs: 600_000, maxEjectionMs: 600_000 } },
     });
     try {
       const load = steadyLoad({ url: fleet.plane.url, secrets: fleet.secrets, concurrency: CONCURRENCY });
       await load.settle(100);
       const hungAt = Date.now();
       fleet.sims[1]!.setFault({ hang: true });
-      await new Promise((r) => setTimeout(r, 1500));
+      // Ejected when the data plane says so, not at an assumed time after the hang (bounded).
+      const ejected = await eventually(
+        async () => (await ejections(fleet.plane.adminUrl)) >= 1,
+        SOAK ? 60_000 : 20_000,
+      );
+      const ejectedAt = Date.now();
       const before = load.outcomes.length;
       // After ejection (5 consecutive failures), the next stretch of traffic must not touch it.
       await load.settle(SOAK ? 3000 : 300);
@@ -72,13 +89,15 @@ describe('GPU endpoint faults under load', () => {
       const lastFailureEnd = Math.max(hungAt, ...failed.map((o) => o.startedAt + o.ms));
       const failedAfterEjection = outcomes
         .slice(before)
-        .filter((o) => o.status !== 200 && o.startedAt > hungAt + 1500);
+        .filter((o) => o.status !== 200 && o.startedAt > ejectedAt);
       console.log(
         `endpoint hangs: ${outcomes.length} requests, statuses ${JSON.stringify(countByStatus(outcomes))}, ` +
           `last timeout ${lastFailureEnd - hungAt} ms after the hang began (first-byte timeout 800 ms), ` +
+          `ejection seen ${ejectedAt - hungAt} ms after it, ` +
           `${failedAfterEjection.length} failures among the ${outcomes.length - before} requests sent after ejection; ` +
           JSON.stringify(r),
       );
+      expect(ejected).toBe(true);
       expect(failed.every((o) => o.status === 504)).toBe(true);
       // Five consecutive failures eject; requests already queued on it when that happens fail too.
       expect(failed.length).toBeLessThanOrEqual(5 + CONCURRENCY);
@@ -98,10 +117,14 @@ describe('GPU endpoint faults under load', () => {
     try {
       const load = steadyLoad({ url: fleet.plane.url, secrets: fleet.secrets, concurrency: CONCURRENCY });
       await load.settle(60);
-      const downAt = Date.now();
       await Promise.all([fleet.kill(0), fleet.kill(1)]);
+      // Both closed with all their connections: every request started from here finds nothing.
+      const downAt = Date.now();
+      const startedDuring = () => load.outcomes.filter((o) => o.startedAt > downAt);
       await new Promise((r) => setTimeout(r, FAULT_MS));
-      const during = load.outcomes.filter((o) => o.startedAt > downAt + 200);
+      // Enough answers during the outage, counted rather than expected of FAULT_MS (bounded).
+      await eventually(() => startedDuring().length > 10, 15_000);
+      const during = startedDuring();
       const sample = await fetch(fleet.plane.url + '/v1/chat/completions', {
         method: 'POST',
         headers: {
