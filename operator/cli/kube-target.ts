@@ -139,7 +139,14 @@ export class KubeTarget implements Target {
       } as KubernetesObject,
       `creating Secret ${secret.namespace}/${secret.name}`,
     );
-    await this.#apply(apiKey as unknown as KubernetesObject, `creating ApiKey ${namespace}/${name}`);
+    // The key was made here, not by the operator, so the ApiKey names its Secret: the operator counts a
+    // Secret under the generated name only when the ApiKey object owns it (docs/operator.md), and this one
+    // exists before the ApiKey has a UID.
+    const withRef = {
+      ...apiKey,
+      spec: { ...apiKey.spec, secretRef: { name: secret.name, key: secret.key } },
+    };
+    await this.#apply(withRef as unknown as KubernetesObject, `creating ApiKey ${namespace}/${name}`);
   }
 
   async close(): Promise<void> {}

@@ -4,8 +4,9 @@
 // ApiKey with propagationPolicy Orphan: the controller manager's garbage collector removes the Secret's
 // ownerReference and leaves the Secret (and its key) in place for good.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../../operator/cli/cli.ts';
 import type { Proc } from '../fixtures/processes.ts';
-import { kubectl, waitUntil } from './harness.ts';
+import { kubeconfigPath, kubectl, waitUntil } from './harness.ts';
 import {
   chatStatus,
   condition,
@@ -91,25 +92,48 @@ spec: {}
 
     await suite.apply(API_KEY);
     const second = await readyApiKey(first.metadata.uid);
+    const newKey = await secretValue(ns, second.status!.secretName!, 'key');
+    await waitUntil(
+      'the data plane accepts the key of the new ApiKey',
+      async () => (await chatStatus(dataPlane.url, newKey, MODEL)) === 200,
+    );
+    // The snapshot that carries the new object's key was compiled with the old Secret present: the old
+    // key is still refused.
+    expect(await chatStatus(dataPlane.url, oldKey, MODEL)).toBe(401);
+    expect(newKey).not.toBe(oldKey);
     const newSecret = `bob-gpugate-key-${second.metadata.uid.slice(0, 8)}`;
     expect(second.status?.secretName).toBe(newSecret);
     const owned = await getJson<Obj>(['get', 'secret', newSecret, '-n', ns]);
     expect(owned.metadata.ownerReferences).toEqual([
       expect.objectContaining({ kind: 'ApiKey', uid: second.metadata.uid }),
     ]);
-    const newKey = await secretValue(ns, newSecret, 'key');
-    expect(newKey).not.toBe(oldKey);
     expect(second.status?.prefix).toBe(newKey.slice(0, 12));
-    await waitUntil(
-      'the data plane accepts the new key',
-      async () => (await chatStatus(dataPlane.url, newKey, MODEL)) === 200,
-    );
-    // The snapshot that carries the new key was compiled with the old Secret present: the old key is
-    // still refused.
-    expect(await chatStatus(dataPlane.url, oldKey, MODEL)).toBe(401);
     // The orphaned Secret is left alone (the operator has no delete on Secrets; docs/operator.md).
     expect(await secretValue(ns, 'bob-gpugate-key', 'key')).toBe(oldKey);
     expect(operator.log()).not.toContain(oldKey);
     expect(operator.log()).not.toContain(newKey);
+  });
+
+  it('a key made by `gpugate key create` (its Secret written before the ApiKey exists, so not owned by it) is accepted: the CLI names it in secretRef', async () => {
+    let stdout = '';
+    let stderr = '';
+    const code = await runCli(
+      ['key', 'create', 'acme', '--name', 'carol', '-n', suite.ns, '--kubeconfig', kubeconfigPath()],
+      { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), env: {} },
+    );
+    expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
+    const key = /gpg_[0-9A-Za-z]{36}/.exec(stdout)?.[0] as string;
+    await waitUntil(
+      'the data plane accepts the CLI-made key',
+      async () => (await chatStatus(suite.dataPlane.url, key, MODEL)) === 200,
+    );
+    const apiKey = await getJson<Obj & { spec: Record<string, unknown> }>([
+      'get',
+      'apikey',
+      'carol',
+      '-n',
+      suite.ns,
+    ]);
+    expect(apiKey.spec.secretRef).toEqual({ name: 'carol-gpugate-key', key: 'key' });
   });
 });
