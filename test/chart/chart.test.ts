@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
-import { kubectl, newNamespace } from '../cluster/harness.ts';
+import { kubectl, newNamespace, waitEstablished } from '../cluster/harness.ts';
 import { CLUSTER_RULES, NAMESPACE_RULES } from '../../operator/rbac/rules.ts';
 import { CHART, helm, renderChart, type K8sObject } from './helm.ts';
 
@@ -53,13 +53,7 @@ describe('chart', () => {
     await kubectl(['apply', '--server-side', '-f', '-'], {
       input: crds.map(String).join('---\n') + '---\n' + MONITORING_CRDS,
     });
-    await kubectl([
-      'wait',
-      '--for=condition=Established',
-      '--timeout=30s',
-      'crd/servicemonitors.monitoring.coreos.com',
-      'crd/prometheusrules.monitoring.coreos.com',
-    ]);
+    await waitEstablished(['servicemonitors.monitoring.coreos.com', 'prometheusrules.monitoring.coreos.com']);
   });
 
   it('passes helm lint with default values and with every option set', async () => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../operator/cli/command.ts';
 import { runCli } from '../../operator/cli/cli.ts';
-import { kubeconfigPath, kubectl, newNamespace } from './harness.ts';
+import { kubeconfigPath, kubectl, newNamespace, waitEstablished } from './harness.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 
@@ -25,9 +25,7 @@ describe('gpugate CLI on a cluster', () => {
 
   beforeAll(async () => {
     await kubectl(['apply', '--server-side', '--field-manager=gpugate-test', '-f', join(repo, 'crds')]);
-    for (const plural of ['tenants', 'apikeys']) {
-      await kubectl(['wait', '--for=condition=Established', '--timeout=60s', `crd/${plural}.gpugate.io`]);
-    }
+    await waitEstablished(['tenants.gpugate.io', 'apikeys.gpugate.io']);
     ns = await newNamespace('cli');
   });
 

@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { kubectl, newNamespace } from './harness.ts';
+import { kubectl, newNamespace, waitEstablished } from './harness.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 const DOC = join(repo, 'docs', 'crd-errors.md');
@@ -347,8 +347,7 @@ describe('invalid CRs: the API server says what to fix', () => {
       '-f',
       join(repo, 'crds'),
     ]);
-    for (const plural of ['gpubackends', 'tenants', 'apikeys'])
-      await kubectl(['wait', '--for=condition=Established', '--timeout=60s', `crd/${plural}.gpugate.io`]);
+    await waitEstablished(['gpubackends.gpugate.io', 'tenants.gpugate.io', 'apikeys.gpugate.io']);
     ns = await newNamespace('crd-errors');
     for (const m of MISTAKES) answers.set(m, await serverErrors(ns, m.object));
     if (process.env.GPUGATE_UPDATE_DOCS === '1') {

@@ -4,7 +4,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { kubectl, newNamespace } from './harness.ts';
+import { kubectl, newNamespace, waitEstablished } from './harness.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 const api = 'gpugate.io/v1alpha1';
@@ -132,9 +132,7 @@ describe('gpugate CRDs on the API server', () => {
   let ns = '';
   beforeAll(async () => {
     await kubectl(['apply', '--server-side', '--field-manager=gpugate-test', '-f', join(repo, 'crds')]);
-    for (const plural of ['gpubackends', 'tenants', 'apikeys']) {
-      await kubectl(['wait', '--for=condition=Established', '--timeout=60s', `crd/${plural}.gpugate.io`]);
-    }
+    await waitEstablished(['gpubackends.gpugate.io', 'tenants.gpugate.io', 'apikeys.gpugate.io']);
     ns = await newNamespace('crds');
   });
 

@@ -67,6 +67,29 @@ export function kubectl(
   return runKubectl(info.kubectl, options.kubeconfig ?? info.kubeconfig, args, options.input);
 }
 
+/**
+ * Waits until each CRD (full name, e.g. `tenants.gpugate.io`) is Established. Polls instead of
+ * `kubectl wait --for=condition=Established`, which fails at once with ".status.conditions accessor
+ * error: <nil>" when it reads a CRD created a moment ago that has no status yet.
+ */
+export async function waitEstablished(names: string[], timeoutMs = 60_000): Promise<void> {
+  for (const name of names) {
+    await waitUntil(
+      `CRD ${name} Established`,
+      async () => {
+        const status = await kubectl([
+          'get',
+          `crd/${name}`,
+          '-o',
+          'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+        ]);
+        return status.trim() === 'True' || undefined;
+      },
+      timeoutMs,
+    );
+  }
+}
+
 export async function newNamespace(prefix: string): Promise<string> {
   const name = `${prefix}-${randomBytes(3).toString('hex')}`;
   await kubectl(['create', 'namespace', name]);

@@ -12,7 +12,7 @@ import {
   type DataPlaneProcess,
   type Proc,
 } from '../fixtures/processes.ts';
-import { kubeconfigForServiceAccount, kubectl, newNamespace } from './harness.ts';
+import { kubeconfigForServiceAccount, kubectl, newNamespace, waitEstablished } from './harness.ts';
 
 /** Binds the operator's rules (operator/rbac/rules.ts) to `<ns>/gpugate-operator`; returns its kubeconfig. */
 export async function operatorServiceAccount(ns: string): Promise<string> {
@@ -24,9 +24,7 @@ export async function operatorServiceAccount(ns: string): Promise<string> {
 
 export async function installCrds(): Promise<void> {
   await kubectl(['apply', '--server-side', '--force-conflicts', '-f', resolve(root, 'crds')]);
-  for (const plural of ['gpubackends', 'tenants', 'apikeys']) {
-    await kubectl(['wait', '--for=condition=Established', `crd/${plural}.gpugate.io`, '--timeout=30s']);
-  }
+  await waitEstablished(['gpubackends.gpugate.io', 'tenants.gpugate.io', 'apikeys.gpugate.io']);
 }
 
 /** The suites' GPU simulator: on loopback, serving one model at 1 ms a token. */
