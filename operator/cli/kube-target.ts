@@ -42,6 +42,34 @@ function explain(err: unknown, doing: string): CliError {
   return new CliError(`${doing}: ${(err as Error).message}`);
 }
 
+/** How often, and for how long in all, a 429 from the API server is retried (it names when in Retry-After). */
+const RETRY_429 = { attempts: 6, maxWaitMs: 15_000 };
+
+/**
+ * Runs one API call, retrying while the API server answers 429 (too many requests, or a resource's
+ * storage still initializing just after its CRD changed), after the server's Retry-After (1 s when
+ * absent, at most 5 s a time), as client-go does. Anything else, and the last 429, goes to the caller.
+ */
+export async function retryTooManyRequests<T>(
+  call: () => Promise<T>,
+  sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)),
+): Promise<T> {
+  let waited = 0;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      if (!(err instanceof ApiException) || err.code !== 429 || attempt >= RETRY_429.attempts) throw err;
+      const header = (err.headers as Record<string, string | undefined>)['retry-after'];
+      const seconds = Number(header);
+      const ms = Math.min(Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 1000, 5000);
+      if (waited + ms > RETRY_429.maxWaitMs) throw err;
+      waited += ms;
+      await sleep(ms);
+    }
+  }
+}
+
 export class KubeTarget implements Target {
   readonly description: string;
   readonly #api: KubernetesObjectApi;
@@ -57,7 +85,9 @@ export class KubeTarget implements Target {
 
   async #read<T>(apiVersion: string, kind: string, namespace: string, name: string): Promise<T | null> {
     try {
-      return (await this.#api.read({ apiVersion, kind, metadata: { namespace, name } })) as unknown as T;
+      return (await retryTooManyRequests(() =>
+        this.#api.read({ apiVersion, kind, metadata: { namespace, name } }),
+      )) as unknown as T;
     } catch (err) {
       if (isNotFound(err)) return null;
       throw explain(err, `reading ${kind} ${namespace}/${name}`);
@@ -66,7 +96,9 @@ export class KubeTarget implements Target {
 
   async #apply(object: KubernetesObject, doing: string): Promise<void> {
     try {
-      await this.#api.patch(object, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
+      await retryTooManyRequests(() =>
+        this.#api.patch(object, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply),
+      );
     } catch (err) {
       throw explain(err, doing);
     }
@@ -96,7 +128,9 @@ export class KubeTarget implements Target {
 
   async listApiKeys(namespace: string | null): Promise<ApiKey[]> {
     try {
-      const list = await this.#api.list(API_VERSION, 'ApiKey', namespace ?? undefined);
+      const list = await retryTooManyRequests(() =>
+        this.#api.list(API_VERSION, 'ApiKey', namespace ?? undefined),
+      );
       return list.items as unknown as ApiKey[];
     } catch (err) {
       throw explain(err, `listing ApiKeys${namespace ? ` in ${namespace}` : ''}`);
