@@ -328,7 +328,8 @@ export class CompiledAdmission {
 
   /**
    * A keep-alive client sends the same key on every request of a connection: the shape check and the
-   * SHA-256 lookup run for its first request under this snapshot, later ones compare the string. What
+   * SHA-256 lookup run for its first request under this snapshot, later ones compare the string (in
+   * constant time, see sameCredential). What
    * may change per request (disabled, expiry, suspension, client address) is checked every time. The
    * memo lives as long as the connection and only holds a key that this connection sent and that
    * exists in the snapshot.
@@ -336,7 +337,9 @@ export class CompiledAdmission {
   #identifyKey(req: IncomingMessage, credential: string, now: number, ip: string): IdentifyResult {
     const socket = req.socket;
     const last = this.#lastKey.get(socket);
-    if (last !== undefined && last.credential === credential) return checkKeyEntry(last.entry, now, ip);
+    if (last !== undefined && sameCredential(last.credential, credential)) {
+      return checkKeyEntry(last.entry, now, ip);
+    }
     const found = findKey(credential, this.keys);
     if ('ok' in found) return found;
     this.#lastKey.set(socket, { credential, entry: found });
@@ -612,4 +615,16 @@ export class CompiledAdmission {
     buckets.spend(ip, perMinute, now);
     return NOTHING_TO_END;
   }
+}
+
+/**
+ * Whether a connection sent the same key again, in time that does not depend on where two keys of one
+ * length differ: behind an ingress one upstream connection carries many clients' requests, so the memo
+ * may hold another client's key, and an early-exit comparison would time how much of it a guess shares.
+ */
+function sameCredential(known: string, presented: string): boolean {
+  if (known.length !== presented.length) return false;
+  let diff = 0;
+  for (let i = 0; i < known.length; i++) diff |= known.charCodeAt(i) ^ presented.charCodeAt(i);
+  return diff === 0;
 }
