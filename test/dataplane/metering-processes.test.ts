@@ -10,6 +10,7 @@ import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { sampleReserved } from '../fixtures/quota-sampler.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, startUpstream, tenant, type Upstream } from './harness.ts';
 
@@ -88,22 +89,8 @@ describe('three data-plane processes sharing one tenant quota', () => {
     let next = 0;
     const statuses = new Map<number, number>();
     const codes = new Map<string, number>();
-    // What the three processes hold in leases, sampled every 10 ms (Postgres's quota_balances.reserved):
-    // the slices outstanding when the quota ran out are the largest in the 500 ms before the first
-    // refusal (a single read after that refusal can come when the last slices are already spent).
-    const samples: { at: number; reserved: number }[] = [];
-    let firstRefusalAt: number | null = null;
-    let sampling = true;
-    const sampler = (async () => {
-      while (sampling) {
-        const r = await admin.query<{ reserved: number }>(
-          'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
-          [TENANT],
-        );
-        samples.push({ at: Date.now(), reserved: r.rows[0]?.reserved ?? 0 });
-        await new Promise((res) => setTimeout(res, 10));
-      }
-    })();
+    // The slices outstanding when the quota ran out (test/fixtures/quota-sampler.ts).
+    const sampler = sampleReserved(admin, TENANT);
     const started = Date.now();
 
     async function worker(pool: Pool): Promise<void> {
@@ -125,7 +112,7 @@ describe('three data-plane processes sharing one tenant quota', () => {
         }
         const code = ((await res.body.json()) as { error: { code: string } }).error.code;
         codes.set(code, (codes.get(code) ?? 0) + 1);
-        if (code === 'quota_exceeded') firstRefusalAt ??= Date.now();
+        if (code === 'quota_exceeded') sampler.refused();
       }
     }
     const pools = procs.map((p) => new Pool(p.url, { connections: CONNECTIONS_PER_PROCESS }));
@@ -137,14 +124,7 @@ describe('three data-plane processes sharing one tenant quota', () => {
       await Promise.all(pools.map((p) => p.close()));
     }
     const elapsedMs = Date.now() - started;
-    sampling = false;
-    await sampler;
-    const refusedAt = firstRefusalAt ?? Infinity;
-    // The last 500 ms of samples, or the last 5 when a loaded machine sampled fewer in that time
-    // (an empty window read as 'nothing outstanding').
-    const upToRefusal = samples.filter((x) => x.at <= refusedAt);
-    const before = upToRefusal.filter((x, i) => x.at >= refusedAt - 500 || i >= upToRefusal.length - 5);
-    const reservedWhenExhausted = before.length > 0 ? Math.max(...before.map((x) => x.reserved)) : null;
+    const { reservedWhenExhausted, samples } = await sampler.stop();
     // SIGTERM: drain, settle and return leases, flush the usage events, exit 0.
     await Promise.all(procs.map((p) => p.kill('SIGTERM')));
     const exits = await Promise.all(procs.map((p) => p.exited));
@@ -169,7 +149,7 @@ describe('three data-plane processes sharing one tenant quota', () => {
       `3 processes: ${REQUESTS} requests in ${elapsedMs} ms, statuses ${JSON.stringify(Object.fromEntries(statuses))}, ` +
         `refusals ${JSON.stringify(Object.fromEntries(codes))}; used ${used.toFixed(3)} of ${LIMIT}, ` +
         `overspend ${overspend.toFixed(3)}, outstanding lease slices when the quota ran out ${reservedWhenExhausted} ` +
-        `(largest of ${before.length} samples in the 500 ms, or the last 5, before the first refusal); ` +
+        `(largest of ${samples} samples in the 500 ms, or the last 5, before the first refusal); ` +
         `events stored ${e.n} (${e.ok} of them 200s), exits ${exits.join(',')}`,
     );
 

@@ -10,6 +10,7 @@ import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { sampleReserved } from '../fixtures/quota-sampler.ts';
 
 const TENANT = 'ns/acme';
 const LIMIT = 4000;
@@ -93,22 +94,8 @@ describe('three replicas sharing one tenant quota', () => {
     let next = 0;
     let admittedCount = 0;
     let refusedCount = 0;
-    // What the replicas hold in leases (quota_balances.reserved), sampled every 10 ms: the slices
-    // outstanding when the quota ran out are the largest in the 500 ms before the first refusal (one
-    // read after that refusal can come when the last slices are already spent).
-    const samples: { at: number; reserved: number }[] = [];
-    let firstRefusalAt: number | null = null;
-    let sampling = true;
-    const sampler = (async () => {
-      while (sampling) {
-        const r = await admin.query<{ reserved: number }>(
-          'SELECT reserved::float8 AS reserved FROM quota_balances WHERE subject_id = $1',
-          [TENANT],
-        );
-        samples.push({ at: Date.now(), reserved: r.rows[0]?.reserved ?? 0 });
-        await new Promise((res) => setTimeout(res, 10));
-      }
-    })();
+    // The slices outstanding when the quota ran out (test/fixtures/quota-sampler.ts).
+    const sampler = sampleReserved(admin, TENANT);
 
     async function serve(replica: Replica, index: number): Promise<void> {
       const requestId = `r-${index}`;
@@ -125,7 +112,7 @@ describe('three replicas sharing one tenant quota', () => {
         replica.quota.settle(decision.ticket, credits);
       } else {
         refusedCount++;
-        firstRefusalAt ??= Date.now();
+        sampler.refused();
       }
       const event: UsageEvent = {
         requestId,
@@ -156,14 +143,7 @@ describe('three replicas sharing one tenant quota', () => {
     const started = Date.now();
     await Promise.all(replicas.flatMap((r) => Array.from({ length: CONCURRENCY }, () => worker(r))));
     const elapsedMs = Date.now() - started;
-    sampling = false;
-    await sampler;
-    const refusedAt = firstRefusalAt ?? Infinity;
-    // The last 500 ms of samples, or the last 5 when a loaded machine sampled fewer in that time
-    // (an empty window read as 'nothing outstanding').
-    const upToRefusal = samples.filter((x) => x.at <= refusedAt);
-    const before = upToRefusal.filter((x, i) => x.at >= refusedAt - 500 || i >= upToRefusal.length - 5);
-    const reservedWhenExhausted = before.length > 0 ? Math.max(...before.map((x) => x.reserved)) : null;
+    const { reservedWhenExhausted, samples } = await sampler.stop();
     const closed = await Promise.all(replicas.map((r) => r.writer.flushAndClose()));
     await Promise.all(replicas.map((r) => r.quota.close()));
 
@@ -183,7 +163,7 @@ describe('three replicas sharing one tenant quota', () => {
       `replicas: ${REQUESTS} requests in ${elapsedMs} ms, ${admittedCount} admitted, ${refusedCount} refused; ` +
         `used ${used.toFixed(3)} of ${LIMIT}, overspend ${overspend.toFixed(3)}, ` +
         `outstanding lease slices when the quota ran out ${reservedWhenExhausted} ` +
-        `(largest of ${before.length} samples in the 500 ms, or the last 5, before the first refusal); ` +
+        `(largest of ${samples} samples in the 500 ms, or the last 5, before the first refusal); ` +
         `events stored ${events.rows[0]!.n}, lost ${closed.reduce((a, c) => a + c.lost, 0)}; ` +
         `lease requests ${await sum(replicas, 'gpugate_quota_lease_requests_total')}, ` +
         `event flushes ${await sum(replicas, 'gpugate_metering_flush_duration_seconds', 'count')}`,
