@@ -5,10 +5,9 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startDataPlaneProcess } from '../fixtures/processes.ts';
 import { renderChart, type K8sObject } from './helm.ts';
 
@@ -98,16 +97,7 @@ describe('chart: data-plane TLS from a Secret', () => {
     });
     try {
       expect(p.url).toMatch(/^https:\/\//);
-      const fingerprint = await new Promise<string>((resolve, reject) => {
-        const s = connect(
-          { host: '127.0.0.1', port: Number(new URL(p.url).port), ca: [ca.pem], timeout: 5000 },
-          () => {
-            resolve(s.getPeerCertificate().fingerprint256);
-            s.end();
-          },
-        );
-        s.on('error', reject);
-      });
+      const fingerprint = await presentedCertificate(Number(new URL(p.url).port), [ca.pem]);
       expect(fingerprint).toBe(new X509Certificate(pair.cert).fingerprint256);
     } finally {
       await p.kill();

@@ -7,9 +7,8 @@ import { X509Certificate } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, newNamespace, waitUntil } from './harness.ts';
 import { getJson, installCrds, operatorServiceAccount, startOperatorProcess } from './operator-helpers.ts';
@@ -135,16 +134,7 @@ spec:
       const listening = await p.waitFor('data plane listening');
       const url = listening.url as string;
       expect(url).toMatch(/^https:\/\//);
-      const fingerprint = await new Promise<string>((resolve, reject) => {
-        const s = connect(
-          { host: '127.0.0.1', port: Number(new URL(url).port), ca: [ca.pem], timeout: 5000 },
-          () => {
-            resolve(s.getPeerCertificate().fingerprint256);
-            s.end();
-          },
-        );
-        s.on('error', reject);
-      });
+      const fingerprint = await presentedCertificate(Number(new URL(url).port), [ca.pem]);
       expect(fingerprint).toBe(new X509Certificate(pair.cert).fingerprint256);
     } finally {
       await p.kill();

@@ -7,11 +7,10 @@ import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as netConnect } from 'node:net';
-import { connect } from 'node:tls';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
-import { makeCa, makeServerCert, type TestCa } from '../fixtures/certs.ts';
+import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, chat, quietLogger, snapshotFor, startUpstream, type Upstream } from './harness.ts';
 
@@ -20,19 +19,6 @@ interface Pair {
   keyFile: string;
   cert: string;
   key: string;
-}
-
-/** Fingerprint of the certificate the server presents to a new connection (verified against `ca`). */
-function presented(port: number, ca: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: '127.0.0.1', port, ca, timeout: 5000 }, () => {
-      const fp = s.getPeerCertificate().fingerprint256;
-      s.end();
-      resolve(fp);
-    });
-    s.on('error', reject);
-    s.on('timeout', () => s.destroy(new Error('TLS handshake timed out')));
-  });
 }
 
 describe('data plane TLS', () => {
@@ -75,7 +61,7 @@ describe('data plane TLS', () => {
   const untilPresented = async (fp: string, ca: string[]) => {
     let seen = '';
     for (let i = 0; i < 300 && seen !== fp; i++) {
-      seen = await presented(port, ca).catch(() => '');
+      seen = await presentedCertificate(port, ca).catch(() => '');
       if (seen !== fp) await new Promise((r) => setTimeout(r, 100));
     }
     return seen;
@@ -116,7 +102,7 @@ describe('data plane TLS', () => {
     expect(plane.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     expect(await callWith(ca1.pem)).toBe(200);
     expect(up.requests.length).toBeGreaterThan(0);
-    expect(await presented(port, [ca1.pem])).toBe(fingerprint(first.cert));
+    expect(await presentedCertificate(port, [ca1.pem])).toBe(fingerprint(first.cert));
   });
 
   it('a client that does not trust the CA, and a plain-HTTP client, get no answer from a backend', async () => {
@@ -159,7 +145,7 @@ describe('data plane TLS', () => {
     for (let i = 0; i < 300 && outcomes.filter((o) => o === 'refused').length === refusedBefore; i++)
       await new Promise((r) => setTimeout(r, 50));
     expect(outcomes.filter((o) => o === 'refused').length).toBe(refusedBefore + 1);
-    expect(await presented(port, [ca1.pem, ca2.pem])).toBe(fingerprint(second.cert));
+    expect(await presentedCertificate(port, [ca1.pem, ca2.pem])).toBe(fingerprint(second.cert));
     expect(await callWith(ca2.pem)).toBe(200);
     // Repaired: the next good pair is taken.
     install(first.cert, first.key);
@@ -249,7 +235,9 @@ describe('data plane TLS', () => {
     try {
       expect(p.url).toMatch(/^https:\/\//);
       expect(p.adminUrl).toMatch(/^http:\/\//);
-      expect(await presented(Number(new URL(p.url).port), [ca1.pem])).toBe(fingerprint(first.cert));
+      expect(await presentedCertificate(Number(new URL(p.url).port), [ca1.pem])).toBe(
+        fingerprint(first.cert),
+      );
     } finally {
       await p.kill();
     }
