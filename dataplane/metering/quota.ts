@@ -74,7 +74,10 @@ export interface QuotaManager {
   tryAdmit(tenantId: string, keyId: string | null, estimatedCredits: number): QuotaDecision | null;
   /** Record what an admitted request cost (0 when it produced nothing). Never blocks. */
   settle(ticket: QuotaTicket, actualCredits: number): void;
-  /** One sync tick now: settle, renew, release idle leases, sweep expired ones. */
+  /**
+   * One sync tick that starts after this call (a tick already running is waited for first): settle,
+   * renew, release idle leases, sweep expired ones.
+   */
   sync(): Promise<void>;
   /** Settle everything and return all leases. */
   close(): Promise<void>;
@@ -738,7 +741,8 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     admit,
     tryAdmit,
     settle,
-    sync,
+    // Callers (tests, admin) mean a tick that sees what they did just before, not one already running.
+    sync: syncFromNow,
     async close() {
       closed = true;
       clearInterval(timer);

@@ -98,10 +98,8 @@ describe('quota admission through the gateway', () => {
     expect(refused.error?.code).toBe('quota_exceeded');
     expect(refused.error?.message).toContain(firstOfNextMonthUtc());
     expect(Number(refused.headers['retry-after'])).toBeGreaterThan(0);
-    // Settled in Postgres: exactly the 5 credits of the successful requests. sync() joins a tick the
-    // 50 ms timer may already have running, which can have read the leases before the last settle;
-    // the second call runs a tick that started after the first returned.
-    await quota.sync();
+    // Settled in Postgres: exactly the 5 credits of the successful requests (sync() is a tick that
+    // starts after the call, so it sees the last settle).
     await quota.sync();
     const { rows } = await pool.query<{ used: number }>(
       "SELECT used::float8 AS used FROM quota_balances WHERE subject_kind = 'tenant' AND subject_id = 'metered'",
