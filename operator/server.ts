@@ -7,6 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Snapshot } from '../dataplane/config/snapshot.ts';
+import { snapshotJson } from './snapshot/compile.ts';
 import { fleetRoute, type FleetSource } from './aggregate/routes.ts';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -60,7 +61,7 @@ export async function startOperatorServer(
       }
       const snapshot = deps.snapshot();
       if (!snapshot || !deps.ready()) return send(503, { error: 'no snapshot compiled yet' });
-      return send(200, snapshot);
+      return send(200, snapshotJson(snapshot)); // canonical order: the data plane verifies it fastest
     }
     if (deps.fleet && path !== undefined && (path === '/fleet' || path.startsWith('/fleet/'))) {
       const token = deps.token();

@@ -4,6 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import type { Snapshot } from '../../dataplane/config/snapshot.ts';
+import { snapshotJson } from '../snapshot/compile.ts';
 
 export interface PushResult {
   target: string;
@@ -27,7 +28,7 @@ export async function pushSnapshot(
   options: PushOptions,
 ): Promise<PushResult> {
   const attempts = options.attempts ?? 5;
-  const body = JSON.stringify(snapshot);
+  const body = snapshotJson(snapshot);
   let last: PushResult = { target: adminUrl, ok: false, status: null, detail: 'not attempted', attempts: 0 };
   for (let attempt = 1; attempt <= attempts; attempt++) {
     try {

@@ -208,16 +208,40 @@ const canonicalKeyEntries = new WeakMap<S.ApiKey, string>();
  * tenants), hashed the same way; the data plane recomputes it with contentRevision and refuses a mismatch.
  */
 function revisionOf(body: Omit<Snapshot, 'revision' | 'generatedAt'>): string {
-  const keys = body.keys.map((k) => {
-    let text = canonicalKeyEntries.get(k);
-    if (text === undefined) canonicalKeyEntries.set(k, (text = canonicalJson(k)));
-    return text;
-  });
+  const keys = body.keys.map(canonicalKeyEntry);
   return sha256Hex(
     `{"backends":${canonicalJson(body.backends)},"keys":[${keys.join(',')}],` +
       `"schemaVersion":${canonicalJson(body.schemaVersion)},"settings":${canonicalJson(body.settings)},` +
       `"tenants":${canonicalJson(body.tenants)}}`,
   );
+}
+
+const snapshotTexts = new WeakMap<Snapshot, string>();
+
+/**
+ * The snapshot as its canonical JSON (members sorted, as canonicalJson writes it), built from the same
+ * memoized key entries as the revision and kept per snapshot object, so every push target gets the
+ * same text for one serialization. Parsed by the data plane, its objects come in sorted key order, so
+ * verifying the revision there is one native JSON.stringify instead of a sort per object.
+ */
+export function snapshotJson(snapshot: Snapshot): string {
+  let text = snapshotTexts.get(snapshot);
+  if (text !== undefined) return text;
+  const { backends, generatedAt, keys, revision, schemaVersion, settings, tenants, ...rest } = snapshot;
+  if (Object.keys(rest).length > 0) return canonicalJson(snapshot); // a member this writer does not know
+  text =
+    `{"backends":${canonicalJson(backends)},"generatedAt":${canonicalJson(generatedAt)},` +
+    `"keys":[${keys.map(canonicalKeyEntry).join(',')}],"revision":${canonicalJson(revision)},` +
+    `"schemaVersion":${canonicalJson(schemaVersion)},"settings":${canonicalJson(settings)},` +
+    `"tenants":${canonicalJson(tenants)}}`;
+  snapshotTexts.set(snapshot, text);
+  return text;
+}
+
+function canonicalKeyEntry(k: S.ApiKey): string {
+  let text = canonicalKeyEntries.get(k);
+  if (text === undefined) canonicalKeyEntries.set(k, (text = canonicalJson(k)));
+  return text;
 }
 
 type ReadSecret = (
