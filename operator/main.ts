@@ -14,6 +14,8 @@
 //     that is itself a gpugate has its admin API there; GET /fleet includes its view
 //   --gateway-admin-token-file / GPUGATE_GATEWAY_ADMIN_TOKEN: the chained gateways' admin token
 //     (default: our push token)
+//   --trusted-proxies / GPUGATE_TRUSTED_PROXIES (comma-separated CIDRs): peers (the ingress) whose
+//     X-Forwarded-For names the client; without it every client behind an ingress shares one address
 //   --sidecar-image / GPUGATE_SIDECAR_IMAGE: the data-plane image injected for `dataplane: sidecar`
 //   --sidecar-token-secret / GPUGATE_SIDECAR_TOKEN_SECRET: Secret name (backend's namespace) mounted in sidecars
 //   DATABASE_URL: read tenants' usage from the metering tables; --usage-interval-ms (30000)
@@ -24,6 +26,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { parseChainSpecs, type ChainTargets } from './aggregate/aggregate.ts';
+import { compileCidrs } from '../dataplane/auth/cidr.ts';
 import { startOperator } from './controllers/manager.ts';
 import { startOperatorServer } from './server.ts';
 
@@ -44,6 +47,7 @@ const { values } = parseArgs({
     'sidecar-token-secret': { type: 'string' },
     'usage-interval-ms': { type: 'string' },
     'registration-interval-ms': { type: 'string' },
+    'trusted-proxies': { type: 'string' },
     identity: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -118,6 +122,15 @@ try {
 }
 const sidecarImage = values['sidecar-image'] ?? env.GPUGATE_SIDECAR_IMAGE;
 const watchNamespace = values.namespace ?? env.GPUGATE_WATCH_NAMESPACE;
+const trustedProxiesRaw = values['trusted-proxies'] ?? env.GPUGATE_TRUSTED_PROXIES ?? '';
+const trustedProxies = trustedProxiesRaw
+  .split(',')
+  .map((c) => c.trim())
+  .filter((c) => c !== '');
+{
+  const parsed = compileCidrs(trustedProxies);
+  if (!parsed.ok) fail(`--trusted-proxies: ${parsed.message} (allowed: comma-separated CIDRs or addresses)`);
+}
 
 const operator = await startOperator({
   kubeConfig: kc,
@@ -164,6 +177,7 @@ const operator = await startOperator({
     values['registration-interval-ms'] ?? env.GPUGATE_REGISTRATION_INTERVAL_MS,
     5_000,
   ),
+  ...(trustedProxies.length > 0 ? { trustedProxies } : {}),
   ...(sidecarImage
     ? {
         sidecar: {

@@ -61,6 +61,8 @@ export interface OperatorOptions {
   /** How often registered endpoints are re-read at the latest (they also follow NOTIFY and expiry). */
   registrationIntervalMs?: number;
   sidecar?: SidecarSettings;
+  /** CIDRs of the proxies in front of the data planes (the ingress), into the snapshot's settings. */
+  trustedProxies?: string[];
   workers?: number;
   resyncMs?: number;
 }
@@ -391,6 +393,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         apiKeys: caches.apiKeys.list() as unknown as ApiKey[],
         secrets: caches.secrets.list().map(secretData),
         discoveredEndpoints,
+        ...(opts.trustedProxies ? { trustedProxies: opts.trustedProxies } : {}),
       };
     },
     targets,

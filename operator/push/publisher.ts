@@ -19,7 +19,10 @@ export interface PublisherOptions {
   logger: Logger;
   registry: Registry;
   /** Everything but settings.replicas and now; called on every compile. */
-  input(): Omit<CompileInput, 'settings' | 'now'> & { exposeBackendHeader?: boolean };
+  input(): Omit<CompileInput, 'settings' | 'now'> & {
+    exposeBackendHeader?: boolean;
+    trustedProxies?: string[];
+  };
   /** Data-plane admin URLs to push to (shared data planes and sidecars). */
   targets(): PushTarget[];
   /** Variants for sidecars: the input change to apply (called per variant name). */
@@ -120,6 +123,7 @@ export function createPublisher(opts: PublisherOptions): Publisher {
       settings: {
         replicas,
         ...(base.exposeBackendHeader === undefined ? {} : { exposeBackendHeader: base.exposeBackendHeader }),
+        ...(base.trustedProxies === undefined ? {} : { trustedProxies: base.trustedProxies }),
       },
       now: new Date(),
     };

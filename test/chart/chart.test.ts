@@ -152,6 +152,7 @@ describe('chart', () => {
     expect(opEnv.GPUGATE_GATEWAY_ADMINS?.value).toBe(
       'http://regional-gw.example:8080=http://regional-gw-admin.example:9090,https://eu-gw.example=http://eu-gw-admin.example:9090',
     );
+    expect(opEnv.GPUGATE_TRUSTED_PROXIES?.value).toBe('10.244.0.0/16,fd00::/64');
     expect(opEnv.GPUGATE_GATEWAY_ADMIN_TOKEN).toMatchObject({
       valueFrom: { secretKeyRef: { name: 'chained-push-token', key: 'token' } },
     });

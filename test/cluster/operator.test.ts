@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetStatus } from '../../operator/aggregate/aggregate.ts';
 import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, waitUntil } from './harness.ts';
+import { canonicalJson } from '../../dataplane/config/revision.ts';
 import {
   chatStatus,
   condition,
@@ -56,7 +57,7 @@ spec: {}
       ns,
       kubeconfig,
       dataplaneUrls: [dataPlane.adminUrl],
-      extra: ['--sidecar-image', SIDECAR_IMAGE],
+      extra: ['--sidecar-image', SIDECAR_IMAGE, '--trusted-proxies', '10.244.0.0/16, fd00::/64'],
     });
   });
 
@@ -245,10 +246,15 @@ spec: {tenant: nobody}
     const late = await startDataPlaneProcess({ token: TOKEN, args: ['--operator-url', operator.url] });
     try {
       const applied = await late.waitFor('snapshot from the operator');
-      const current = (await (
+      const text = await (
         await fetch(`${operator.url}/snapshot`, { headers: { authorization: `Bearer ${TOKEN}` } })
-      ).json()) as { revision: string };
+      ).text();
+      const current = JSON.parse(text) as { revision: string; settings: { trustedProxies?: string[] } };
       expect(current.revision.startsWith(applied.revision as string)).toBe(true);
+      // Served as canonical JSON (sorted members), which the data plane verifies fastest.
+      expect(text).toBe(canonicalJson(current));
+      // --trusted-proxies reaches the data planes through the snapshot's settings.
+      expect(current.settings.trustedProxies).toEqual(['10.244.0.0/16', 'fd00::/64']);
       const ready = await fetch(`${late.adminUrl}/readyz`);
       expect(ready.status).toBe(200);
     } finally {

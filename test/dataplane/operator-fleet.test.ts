@@ -431,7 +431,7 @@ describe('gateway chains in the fleet view', () => {
   });
 });
 
-describe('operator/main.ts chained-gateway flags', () => {
+describe('operator/main.ts flags checked at start', () => {
   it.each([
     [
       ['--gateway-admin', 'gw:8080=http://gw:9090'],
@@ -440,6 +440,10 @@ describe('operator/main.ts chained-gateway flags', () => {
     [
       ['--gateway-admin-token-file', '/nonexistent/gpugate-token'],
       "--gateway-admin-token-file /nonexistent/gpugate-token cannot be read: ENOENT: no such file or directory, open '/nonexistent/gpugate-token'",
+    ],
+    [
+      ['--trusted-proxies', '10.244.0.0/16,ingress-nginx'],
+      '--trusted-proxies: "ingress-nginx" is not an IPv4 or IPv6 CIDR (allowed: comma-separated CIDRs or addresses)',
     ],
   ])('refuses %j at start, naming it', async (args, message) => {
     // The flags are checked before the operator talks to any API server (this one does not exist).
