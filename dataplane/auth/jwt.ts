@@ -287,7 +287,9 @@ export class JwtVerifiers {
     }
     if (
       err instanceof errors.JWKSTimeout ||
-      (err instanceof errors.JOSEError && err.code === 'ERR_JOSE_GENERIC')
+      (err instanceof errors.JOSEError && err.code === 'ERR_JOSE_GENERIC') ||
+      // fetch() failing to connect: the key set is unreachable, not the token wrong.
+      err instanceof TypeError
     ) {
       return {
         ok: false,
@@ -301,21 +303,6 @@ export class JwtVerifiers {
       };
     }
     if (err instanceof errors.JOSEError) return invalidToken('the token signature or format is not valid');
-    if (err instanceof TypeError) {
-      // fetch() failing to connect: the key set is unreachable, not the token wrong.
-      return {
-        ok: false,
-        error: gatewayError(
-          503,
-          'overloaded_error',
-          'jwks_unavailable',
-          "the issuer's key set could not be fetched; retry",
-          {
-            'retry-after': '5',
-          },
-        ),
-      };
-    }
     return invalidToken('the token could not be verified');
   }
 }
