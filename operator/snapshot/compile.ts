@@ -189,59 +189,53 @@ export function compileSnapshot(input: CompileInput): CompileResult {
     tenants,
     keys,
   };
-  const snapshot: Snapshot = {
-    ...body,
-    revision: revisionOf(body),
-    generatedAt: input.now.toISOString(),
+  // The members' canonical JSON, written once: hashed (without generatedAt and revision) for the revision,
+  // and kept as the body every push target and GET /snapshot sends (snapshotJson).
+  const text = {
+    backends: canonicalJson(backends),
+    keys: `[${keys.map(canonicalKeyEntry).join(',')}]`,
+    schemaVersion: canonicalJson(body.schemaVersion),
+    settings: canonicalJson(body.settings),
+    tenants: canonicalJson(tenants),
   };
+  const revision = sha256Hex(
+    `{"backends":${text.backends},"keys":${text.keys},"schemaVersion":${text.schemaVersion},` +
+      `"settings":${text.settings},"tenants":${text.tenants}}`,
+  );
+  const generatedAt = input.now.toISOString();
+  const snapshot: Snapshot = { ...body, revision, generatedAt };
+  snapshotTexts.set(
+    snapshot,
+    `{"backends":${text.backends},"generatedAt":${canonicalJson(generatedAt)},"keys":${text.keys},` +
+      `"revision":${canonicalJson(revision)},"schemaVersion":${text.schemaVersion},` +
+      `"settings":${text.settings},"tenants":${text.tenants}}`,
+  );
   problems.sort((a, b) =>
     `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`),
   );
   return { snapshot, problems };
 }
 
+/** Each key entry's canonical JSON, kept with the (memoized, unchanged) entry across compiles. */
 const canonicalKeyEntries = new WeakMap<S.ApiKey, string>();
-
-/**
- * contentRevision(body), with each key entry's canonical JSON kept with the (memoized) entry: the same text
- * canonicalJson gives for the whole body (members in sorted order: backends, keys, schemaVersion, settings,
- * tenants), hashed the same way; the data plane recomputes it with contentRevision and refuses a mismatch.
- */
-function revisionOf(body: Omit<Snapshot, 'revision' | 'generatedAt'>): string {
-  const keys = body.keys.map(canonicalKeyEntry);
-  return sha256Hex(
-    `{"backends":${canonicalJson(body.backends)},"keys":[${keys.join(',')}],` +
-      `"schemaVersion":${canonicalJson(body.schemaVersion)},"settings":${canonicalJson(body.settings)},` +
-      `"tenants":${canonicalJson(body.tenants)}}`,
-  );
-}
-
-const snapshotTexts = new WeakMap<Snapshot, string>();
-
-/**
- * The snapshot as its canonical JSON (members sorted, as canonicalJson writes it), built from the same
- * memoized key entries as the revision and kept per snapshot object, so every push target gets the
- * same text for one serialization. Parsed by the data plane, its objects come in sorted key order, so
- * verifying the revision there is one native JSON.stringify instead of a sort per object.
- */
-export function snapshotJson(snapshot: Snapshot): string {
-  let text = snapshotTexts.get(snapshot);
-  if (text !== undefined) return text;
-  const { backends, generatedAt, keys, revision, schemaVersion, settings, tenants, ...rest } = snapshot;
-  if (Object.keys(rest).length > 0) return canonicalJson(snapshot); // a member this writer does not know
-  text =
-    `{"backends":${canonicalJson(backends)},"generatedAt":${canonicalJson(generatedAt)},` +
-    `"keys":[${keys.map(canonicalKeyEntry).join(',')}],"revision":${canonicalJson(revision)},` +
-    `"schemaVersion":${canonicalJson(schemaVersion)},"settings":${canonicalJson(settings)},` +
-    `"tenants":${canonicalJson(tenants)}}`;
-  snapshotTexts.set(snapshot, text);
-  return text;
-}
 
 function canonicalKeyEntry(k: S.ApiKey): string {
   let text = canonicalKeyEntries.get(k);
   if (text === undefined) canonicalKeyEntries.set(k, (text = canonicalJson(k)));
   return text;
+}
+
+/** Canonical bodies of the snapshots compileSnapshot made, written with their revision. */
+const snapshotTexts = new WeakMap<Snapshot, string>();
+
+/**
+ * The snapshot as its canonical JSON (members sorted, as canonicalJson writes it): the text compileSnapshot
+ * wrote with the revision (one serialization for every push target), else canonicalJson. Parsed by the data
+ * plane, its objects come in sorted key order, so verifying the revision there is one native
+ * JSON.stringify instead of a sort per object.
+ */
+export function snapshotJson(snapshot: Snapshot): string {
+  return snapshotTexts.get(snapshot) ?? canonicalJson(snapshot);
 }
 
 type ReadSecret = (
