@@ -13,6 +13,8 @@ export interface GatewayProcess {
   pid: number;
   /** Resident set now and its peak so far (VmRSS, VmHWM), in bytes. */
   memory(): { rss: number; peak: number };
+  /** User + system CPU time so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
+  cpuUs(): number;
   stop(): Promise<void>;
 }
 
@@ -72,6 +74,11 @@ export async function startGateway(
       const kb = (name: string) =>
         Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
       return { rss: kb('VmRSS'), peak: kb('VmHWM') };
+    },
+    cpuUs() {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return (Number(fields[11]) + Number(fields[12])) * 10_000;
     },
     async stop() {
       const exited = new Promise((r) => child.once('exit', r));

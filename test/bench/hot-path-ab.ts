@@ -8,7 +8,6 @@
 //   git archive <commit> dataplane test package.json tsconfig.json | tar -x -C /tmp/base
 //   ln -s "$PWD/node_modules" /tmp/base/node_modules
 //   node test/bench/hot-path-ab.ts --base /tmp/base [--rounds 12] [--seconds 2] [--connections 32]
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { startGateway, type GatewayProcess } from './gateway-process.ts';
@@ -26,13 +25,6 @@ if (!args.base) throw new Error('--base <source tree of the other version> is re
 const rounds = Number(args.rounds);
 const ms = Number(args.seconds) * 1000;
 const connections = Number(args.connections);
-
-/** User + system CPU time of a process so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
-async function cpuUs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
 
 const body = JSON.stringify({
   model: 'bench-model',
@@ -55,10 +47,10 @@ async function round(side: (typeof sides)[number], roundMs: number): Promise<num
     headers: { 'content-type': 'application/json', authorization: `Bearer ${side.gw.key}` },
     body,
   };
-  const cpu0 = await cpuUs(side.gw.pid);
+  const cpu0 = side.gw.cpuUs();
   const { ok, failed } = await closedLoop(side.pool, request, connections, roundMs);
   if (failed > 0) throw new Error(`${failed} requests failed through ${side.name}`);
-  return ((await cpuUs(side.gw.pid)) - cpu0) / ok;
+  return (side.gw.cpuUs() - cpu0) / ok;
 }
 
 for (const side of sides) await round(side, 2000); // warm-up (JIT) for both

@@ -53,13 +53,6 @@ const body = JSON.stringify({
   max_tokens: 16,
 });
 
-/** User + system CPU time of a process so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
-async function cpuUs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
-
 /**
  * CPU time of the embedded Postgres so far, in microseconds: the postmaster's own and that of its
  * exited children (cutime/cstime: backends it reaped, as when a pool closes an idle connection) plus
@@ -178,13 +171,13 @@ async function main(): Promise<void> {
       const pool = new Pool(gw.url, { connections, pipelining: 1 });
       const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
       const req = { path: '/v1/chat/completions', headers, body };
-      const cpu0 = await cpuUs(gw.pid);
+      const cpu0 = gw.cpuUs();
       const pg0 = await postgresCpuUs(server?.dataDir);
       const { ok, failed } =
         rate === undefined
           ? await closedLoop(pool, req, connections, ms)
           : await fixedRate(pool, req, rate, ms);
-      const cpu = (await cpuUs(gw.pid)) - cpu0;
+      const cpu = gw.cpuUs() - cpu0;
       const pg1 = await postgresCpuUs(server?.dataDir);
       await pool.close();
       if (failed > 0) throw new Error(`${failed} requests failed`);

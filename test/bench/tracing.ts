@@ -19,7 +19,6 @@
 // ratio (sums) and CPU ratio (medians, off A ÷ variant: above 1 means cheaper than off A), each variant's
 // least CPU per request over its rounds (other work on a shared machine only adds to it), and the spans
 // the receiver got per otlp request.
-import { readFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
@@ -43,13 +42,6 @@ const body = JSON.stringify({
   messages: [{ role: 'user', content: 'hello' }],
   max_tokens: 16,
 });
-
-/** User + system CPU time of a process so far, in microseconds (/proc/<pid>/stat, 100 ticks/s). */
-async function cpuUs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
 
 interface Round {
   rate: number;
@@ -82,14 +74,14 @@ async function main(): Promise<void> {
       const gw = gateways[i]!;
       const pool = new Pool(gw.url, { connections, pipelining: 1 });
       const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
-      const cpu0 = await cpuUs(gw.pid);
+      const cpu0 = gw.cpuUs();
       const { ok, failed } = await closedLoop(
         pool,
         { path: '/v1/chat/completions', headers, body },
         connections,
         ms,
       );
-      const cpu = (await cpuUs(gw.pid)) - cpu0;
+      const cpu = gw.cpuUs() - cpu0;
       await pool.close();
       if (failed > 0) throw new Error(`${variants[i]![0]}: ${failed} requests failed`);
       if (variants[i]![1] === receiver.url) otlpOk += ok;
