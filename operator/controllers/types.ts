@@ -71,7 +71,6 @@ export interface ControllerContext {
   deferStatus?(kind: Kind, key: Key): boolean;
   /** Live self-registered endpoints of a backend (empty without a database). */
   registeredEndpoints?(key: Key): DiscoveredEndpoint[];
-  /** Endpoints the snapshot holds for a backend (static and discovered), as the status reports them. */
   now(): Date;
 }
 
