@@ -121,6 +121,23 @@ function seconds(ms: number): number {
   return Math.max(1, Math.ceil(ms / 1000));
 }
 
+/** X-RateLimit-* of one bucket; `scope` names whose bucket and of what ('key; tokens'). */
+function bucketHeaders(bucket: TokenBucket, scope: string, now: number): Record<string, string> {
+  return {
+    'x-ratelimit-limit': String(Math.floor(bucket.capacity)),
+    'x-ratelimit-remaining': String(bucket.remaining(now)),
+    'x-ratelimit-reset': String(seconds(bucket.msUntilFull(now))),
+    'x-ratelimit-scope': scope,
+  };
+}
+
+const BUCKET_KINDS = ['requests', 'tokens'] as const;
+/** Scope header values, spelled once so the per-request header choice builds no strings. */
+const SCOPES = {
+  key: { requests: 'key; requests', tokens: 'key; tokens' },
+  tenant: { requests: 'tenant; requests', tokens: 'tenant; tokens' },
+} as const;
+
 interface Subject {
   label: 'key' | 'tenant';
   state: LimitState;
@@ -536,13 +553,11 @@ export class CompiledAdmission {
     bucket: TokenBucket | null,
     now: number,
   ): GatewayError {
-    const headers: Record<string, string> = { 'retry-after': String(seconds(waitMs)) };
-    if (bucket) {
-      headers['x-ratelimit-limit'] = String(Math.floor(bucket.capacity));
-      headers['x-ratelimit-remaining'] = String(bucket.remaining(now));
-      headers['x-ratelimit-reset'] = String(seconds(bucket.msUntilFull(now)));
-      headers['x-ratelimit-scope'] = `${label}; ${what === 'tokens per minute' ? 'tokens' : 'requests'}`;
-    }
+    const headers: Record<string, string> = {
+      'retry-after': String(seconds(waitMs)),
+      ...(bucket &&
+        bucketHeaders(bucket, `${label}; ${what === 'tokens per minute' ? 'tokens' : 'requests'}`, now)),
+    };
     const limit = bucket ? Math.floor(bucket.capacity) : concurrent;
     return gatewayError(
       429,
@@ -556,35 +571,21 @@ export class CompiledAdmission {
   /** X-RateLimit-* of the bucket with the smallest share left (requests or tokens, key or tenant). */
   #rateLimitHeaders(subjects: readonly Subject[], now: number): Record<string, string> | null {
     let best: TokenBucket | null = null;
-    let bestLabel = '';
+    let bestScope = '';
     let bestShare = Infinity;
     for (const { label, state } of subjects) {
-      const r = state.requests;
-      if (r) {
-        const share = r.remaining(now) / r.capacity;
+      for (const kind of BUCKET_KINDS) {
+        const bucket = state[kind];
+        if (!bucket) continue;
+        const share = bucket.remaining(now) / bucket.capacity;
         if (share < bestShare) {
-          best = r;
+          best = bucket;
           bestShare = share;
-          bestLabel = label === 'key' ? 'key; requests' : 'tenant; requests';
-        }
-      }
-      const t = state.tokens;
-      if (t) {
-        const share = t.remaining(now) / t.capacity;
-        if (share < bestShare) {
-          best = t;
-          bestShare = share;
-          bestLabel = label === 'key' ? 'key; tokens' : 'tenant; tokens';
+          bestScope = SCOPES[label][kind];
         }
       }
     }
-    if (!best) return null;
-    return {
-      'x-ratelimit-limit': String(Math.floor(best.capacity)),
-      'x-ratelimit-remaining': String(best.remaining(now)),
-      'x-ratelimit-reset': String(seconds(best.msUntilFull(now))),
-      'x-ratelimit-scope': bestLabel,
-    };
+    return best && bucketHeaders(best, bestScope, now);
   }
 
   #undo(subjects: readonly Subject[], tokens: number): void {
