@@ -23,16 +23,16 @@
 // metered gateway's /metrics, events written per flush (one INSERT statement, one round trip), failed
 // flushes, drops and quota lease statements. At the end the stored usage events are counted against the
 // 200s the metered gateway served.
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { cpus, tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Pool } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
-import { startEmbeddedPostgres, type EmbeddedPostgresServer } from '../../operator/standalone/postgres.ts';
 import { startGateway, type GatewayProcess } from './gateway-process.ts';
 import { closedLoop, startFixedUpstream } from './load.ts';
+import { startBenchPostgres } from './postgres.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -133,15 +133,8 @@ interface Round {
 }
 
 async function main(): Promise<void> {
-  let server: EmbeddedPostgresServer | undefined;
-  let dir: string | undefined;
-  let url = process.env.DATABASE_URL;
-  if (!url) {
-    dir = await mkdtemp(join(tmpdir(), 'gpugate-bench-pg-'));
-    await chmod(dir, 0o755);
-    server = await startEmbeddedPostgres({ dataDir: join(dir, 'data') });
-    url = server.url;
-  }
+  const postgres = await startBenchPostgres();
+  const url = postgres.url;
   const db = new pg.Pool({ connectionString: url, max: 1 });
   db.on('error', () => undefined); // the idle connection dies when the embedded server stops
   const upstream = await startFixedUpstream();
@@ -172,13 +165,13 @@ async function main(): Promise<void> {
       const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
       const req = { path: '/v1/chat/completions', headers, body };
       const cpu0 = gw.cpuUs();
-      const pg0 = await postgresCpuUs(server?.dataDir);
+      const pg0 = await postgresCpuUs(postgres.dataDir);
       const { ok, failed } =
         rate === undefined
           ? await closedLoop(pool, req, connections, ms)
           : await fixedRate(pool, req, rate, ms);
       const cpu = gw.cpuUs() - cpu0;
-      const pg1 = await postgresCpuUs(server?.dataDir);
+      const pg1 = await postgresCpuUs(postgres.dataDir);
       await pool.close();
       if (failed > 0) throw new Error(`${failed} requests failed`);
       if (gw === on || gw === base) meteredOk += ok;
@@ -279,8 +272,7 @@ async function main(): Promise<void> {
     for (const gw of gateways) await gw.stop();
     upstream.close();
     await db.end();
-    await server?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await postgres.stop();
   }
 }
 

@@ -6,9 +6,7 @@
 //
 // Postgres: DATABASE_URL when set, else an embedded server with durable settings (fsync and
 // synchronous_commit on, as in production: per-event commits pay their WAL flush here).
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Registry } from 'prom-client';
@@ -16,7 +14,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager } from '../../dataplane/metering/quota.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, insertUsageBatch } from '../../dataplane/metering/writer.ts';
-import { startEmbeddedPostgres, type EmbeddedPostgresServer } from '../../operator/standalone/postgres.ts';
+import { startBenchPostgres } from './postgres.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -197,15 +195,8 @@ async function leaseRequests(registry: Registry): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  let server: EmbeddedPostgresServer | undefined;
-  let dir: string | undefined;
-  let url = process.env.DATABASE_URL;
-  if (!url) {
-    dir = await mkdtemp(join(tmpdir(), 'gpugate-bench-pg-'));
-    await chmod(dir, 0o755);
-    server = await startEmbeddedPostgres({ dataDir: join(dir, 'data') });
-    url = server.url;
-  }
+  const postgres = await startBenchPostgres();
+  const url = postgres.url;
   // Same pool for both: 4 connections, like a data-plane process would give metering at most.
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   try {
@@ -249,8 +240,7 @@ async function main(): Promise<void> {
     );
   } finally {
     await pool.end();
-    await server?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await postgres.stop();
   }
 }
 
