@@ -16,6 +16,7 @@ import { pino, type Logger } from 'pino';
 import type pg from 'pg';
 import { addUtcDays, dropUsagePartitionsBefore, ensureUsagePartitions, utcDay } from './migrate.ts';
 import { reclaimExpiredLeases } from './quota.ts';
+import { deleteExpiredTasks } from './tasks.ts';
 import { guardIdleErrors } from './writer.ts';
 
 export type MaintenanceJob =
@@ -126,8 +127,7 @@ export function createMaintenance(options: MaintenanceOptions): Maintenance {
       return { before, dropped: await dropUsagePartitionsBefore(pool, before) };
     },
     async async_tasks() {
-      const r = await pool.query('DELETE FROM async_tasks WHERE expires_at <= now()');
-      return { deleted: r.rowCount ?? 0 };
+      return { deleted: await deleteExpiredTasks(pool) };
     },
     async quota_leases() {
       return { reclaimed: await reclaimExpiredLeases(pool) };

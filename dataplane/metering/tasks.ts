@@ -36,6 +36,12 @@ const FIND = `
 SELECT endpoint, tenant, (extract(epoch FROM expires_at) * 1000)::float8 AS expires
 FROM async_tasks WHERE backend = $1 AND task_id = $2 AND expires_at > now()`;
 
+/** Delete expired task records; returns how many. The store's sweep and the maintenance job both run it. */
+export async function deleteExpiredTasks(pool: pg.Pool): Promise<number> {
+  const result = await pool.query('DELETE FROM async_tasks WHERE expires_at <= now()');
+  return result.rowCount ?? 0;
+}
+
 interface Cached {
   endpoint: string;
   tenant: string;
@@ -74,9 +80,6 @@ export function createTaskStore(options: TaskStoreOptions): TaskStore {
       }
       return hit.tenant === tenant ? hit.endpoint : null;
     },
-    async sweepExpired() {
-      const result = await pool.query('DELETE FROM async_tasks WHERE expires_at <= now()');
-      return result.rowCount ?? 0;
-    },
+    sweepExpired: () => deleteExpiredTasks(pool),
   };
 }
