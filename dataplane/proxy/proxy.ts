@@ -494,16 +494,11 @@ class Proxy {
   readonly deps: ProxyDeps;
   readonly viaEntry: string;
   readonly viaMarker: string;
-  readonly baseHeaderNames: readonly [string, string][];
 
   constructor(deps: ProxyDeps) {
     this.deps = deps;
     this.viaEntry = `1.1 gpugate (${deps.instanceId})`;
     this.viaMarker = `gpugate (${deps.instanceId})`;
-    this.baseHeaderNames = [
-      ['via', '1.1 gpugate'],
-      ['x-gpugate-version', deps.version],
-    ];
   }
 
   readonly onEject = (e: EndpointState, forMs: number): void => {
