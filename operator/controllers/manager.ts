@@ -393,7 +393,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         apiKeys: caches.apiKeys.list() as unknown as ApiKey[],
         secrets: caches.secrets.list().map(secretData),
         discoveredEndpoints,
-        ...(opts.trustedProxies ? { trustedProxies: opts.trustedProxies } : {}),
+        ...(opts.trustedProxies ? { settings: { trustedProxies: opts.trustedProxies } } : {}),
       };
     },
     targets,

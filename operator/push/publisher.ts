@@ -18,11 +18,8 @@ export interface PushTarget {
 export interface PublisherOptions {
   logger: Logger;
   registry: Registry;
-  /** Everything but settings.replicas and now; called on every compile. */
-  input(): Omit<CompileInput, 'settings' | 'now'> & {
-    exposeBackendHeader?: boolean;
-    trustedProxies?: string[];
-  };
+  /** Everything but now and settings.replicas (counted from the targets); called on every compile. */
+  input(): Omit<CompileInput, 'settings' | 'now'> & { settings?: Omit<CompileInput['settings'], 'replicas'> };
   /** Data-plane admin URLs to push to (shared data planes and sidecars). */
   targets(): PushTarget[];
   /** Variants for sidecars: the input change to apply (called per variant name). */
@@ -118,15 +115,7 @@ export function createPublisher(opts: PublisherOptions): Publisher {
     const targets = opts.targets();
     const replicas = Math.max(1, targets.filter((t) => !t.variant).length);
     const base = opts.input();
-    const input: CompileInput = {
-      ...base,
-      settings: {
-        replicas,
-        ...(base.exposeBackendHeader === undefined ? {} : { exposeBackendHeader: base.exposeBackendHeader }),
-        ...(base.trustedProxies === undefined ? {} : { trustedProxies: base.trustedProxies }),
-      },
-      now: new Date(),
-    };
+    const input: CompileInput = { ...base, settings: { ...base.settings, replicas }, now: new Date() };
     const { snapshot, problems } = compileSnapshot(input);
     // Same content → keep the old snapshot (and its generatedAt): nothing to push.
     if (!current || current.revision !== snapshot.revision) current = snapshot;
