@@ -14,7 +14,13 @@ import { hostname } from 'node:os';
 import { Counter, Registry } from 'prom-client';
 import { pino, type Logger } from 'pino';
 import type pg from 'pg';
-import { addUtcDays, dropUsagePartitionsBefore, ensureUsagePartitions, utcDay } from './migrate.ts';
+import {
+  addUtcDays,
+  dropUsagePartitionsBefore,
+  ensureUsagePartitions,
+  partitionDays,
+  utcDay,
+} from './migrate.ts';
 import { reclaimExpiredLeases } from './quota.ts';
 import { deleteExpiredTasks } from './tasks.ts';
 import { guardIdleErrors } from './writer.ts';
@@ -116,8 +122,7 @@ export function createMaintenance(options: MaintenanceOptions): Maintenance {
 
   const jobs: Record<MaintenanceJob, () => Promise<Record<string, unknown>>> = {
     async usage_partitions() {
-      const today = utcDay(now());
-      const days = Array.from({ length: daysAhead + 2 }, (_, i) => addUtcDays(today, i - 1));
+      const days = partitionDays(utcDay(now()), daysAhead);
       await ensureUsagePartitions(pool, days);
       return { through: days[days.length - 1] };
     },

@@ -63,9 +63,10 @@ export async function migrate(
   const migrations = await loadMigrations(options.dir);
   const run = async (client: pg.ClientBase): Promise<MigrateResult> => {
     const result = await applyPending(client, migrations);
-    const today = utcDay(options.now ?? new Date());
-    const days = Array.from({ length: PARTITION_DAYS_AHEAD + 2 }, (_, i) => addUtcDays(today, i - 1));
-    await ensureUsagePartitions(client, days);
+    await ensureUsagePartitions(
+      client,
+      partitionDays(utcDay(options.now ?? new Date()), PARTITION_DAYS_AHEAD),
+    );
     return result;
   };
   if (typeof connection !== 'string') return withPoolClient(connection, run);
@@ -192,4 +193,9 @@ export function utcDay(at: Date | number): string {
 
 export function addUtcDays(day: string, days: number): string {
   return utcDay(Date.parse(`${day}T00:00:00Z`) + days * 86_400_000);
+}
+
+/** The days whose usage_events partitions should exist: yesterday through `ahead` days after `today`. */
+export function partitionDays(today: string, ahead: number): string[] {
+  return Array.from({ length: ahead + 2 }, (_, i) => addUtcDays(today, i - 1));
 }
