@@ -57,6 +57,12 @@ export function tlsMetrics(registry: Registry, initial: TlsPair): TlsMetrics {
 
 /** Reads and checks a certificate and key; throws a TlsConfigError naming the file and what is wrong. */
 export function loadTlsPair(files: TlsFiles): TlsPair {
+  const pair = readTlsPair(files);
+  checkTlsPair(files, pair);
+  return pair;
+}
+
+function readTlsPair(files: TlsFiles): TlsPair {
   const read = (what: string, file: string): Buffer => {
     try {
       return readFileSync(file);
@@ -68,6 +74,10 @@ export function loadTlsPair(files: TlsFiles): TlsPair {
   };
   const cert = read('certificate', files.certFile);
   const key = read('key', files.keyFile);
+  return { cert, key, digest: createHash('sha256').update(cert).update('\0').update(key).digest('hex') };
+}
+
+function checkTlsPair(files: TlsFiles, { cert, key }: TlsPair): void {
   if (!cert.includes('-----BEGIN CERTIFICATE-----'))
     throw new TlsConfigError(`the TLS certificate file ${files.certFile} holds no PEM certificate`);
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key.toString('latin1')))
@@ -80,7 +90,6 @@ export function loadTlsPair(files: TlsFiles): TlsPair {
       `the TLS certificate ${files.certFile} and key ${files.keyFile} do not form a usable pair: ${(err as Error).message}`,
     );
   }
-  return { cert, key, digest: createHash('sha256').update(cert).update('\0').update(key).digest('hex') };
 }
 
 /**
@@ -102,7 +111,9 @@ export function watchTlsPair(
   const timer = setInterval(() => {
     let next: TlsPair;
     try {
-      next = loadTlsPair(files);
+      next = readTlsPair(files);
+      // Unchanged files (every poll but a rotation's) were checked when they were loaded.
+      if (next.digest !== current) checkTlsPair(files, next);
     } catch (err) {
       // Say it once per distinct problem, not every interval.
       const message = (err as Error).message;
