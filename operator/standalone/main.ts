@@ -74,9 +74,6 @@ async function main(): Promise<void> {
       stops.push(() => pg.stop());
       databaseUrl = pg.url;
     }
-    const migrated = await migrate(databaseUrl);
-    log.info({ applied: migrated.applied }, 'usage database ready');
-
     const simulatorPort = portFromEnv('GPUGATE_SIMULATOR_PORT', 8001);
     let simulator: Simulator | null = null;
     if (simulatorPort !== 0) {
@@ -100,9 +97,13 @@ async function main(): Promise<void> {
         `GPUGATE_USAGE_RETENTION_DAYS=${JSON.stringify(retentionRaw)} is not a number of days: use a whole number, 0 to keep usage events forever`,
       );
     }
+    // Migrated on the pool metering then uses, rather than on a connection of its own.
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
+    const migrated = await migrate(pool);
+    log.info({ applied: migrated.applied }, 'usage database ready');
     const registry = new Registry();
     const metering = startMetering({
-      pool: new pg.Pool({ connectionString: databaseUrl, max: 4 }),
+      pool,
       registry,
       logger: log,
       retentionDays,
