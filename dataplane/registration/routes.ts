@@ -78,16 +78,16 @@ export function resolveBackend(
 }
 
 export function registrationRoutes(deps: RegistrationRoutesDeps) {
+  const headers = (request: FastifyRequest) => ({
+    'x-request-id': request.id,
+    via: '1.1 gpugate',
+    'x-gpugate-version': deps.version,
+  });
+
   const send = (reply: FastifyReply, request: FastifyRequest, err: GatewayError) =>
     reply
       .code(err.status)
-      .headers({
-        ...err.headers,
-        'content-type': 'application/json',
-        'x-request-id': request.id,
-        via: '1.1 gpugate',
-        'x-gpugate-version': deps.version,
-      })
+      .headers({ ...err.headers, 'content-type': 'application/json', ...headers(request) })
       .send(errorBody(err, request.id));
 
   /** Checks the request; answers and returns null when it cannot proceed. */
@@ -165,12 +165,6 @@ export function registrationRoutes(deps: RegistrationRoutesDeps) {
     }
     return { backend: resolved.backend, url, store: deps.store };
   };
-
-  const headers = (request: FastifyRequest) => ({
-    'x-request-id': request.id,
-    via: '1.1 gpugate',
-    'x-gpugate-version': deps.version,
-  });
 
   return async function registration(app: FastifyInstance): Promise<void> {
     const opts = { bodyLimit: 16 * 1024 };
