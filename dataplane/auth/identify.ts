@@ -120,17 +120,6 @@ export function forbidden(code: string, message: string): { ok: false; error: Ga
 export const MISSING_CREDENTIALS =
   'no credentials: send an API key as "Authorization: Bearer <key>" or "x-api-key: <key>"';
 
-/** Authenticates an API key. Messages say what is wrong with the credential and never echo it. */
-export function identifyKey(
-  credential: string,
-  index: KeyIndex,
-  now: number,
-  clientIp: string | null,
-): IdentifyResult {
-  const found = findKey(credential, index);
-  return 'ok' in found ? found : checkKeyEntry(found, now, clientIp);
-}
-
 /** The key's index entry after the shape and checksum checks and the SHA-256 lookup; a 401 otherwise. */
 export function findKey(credential: string, index: KeyIndex): KeyEntry | { ok: false; error: GatewayError } {
   const shape = checkKeyShape(credential);
@@ -170,7 +159,10 @@ export function checkKeyEntry(entry: KeyEntry, now: number, clientIp: string | n
   return (entry.authenticated ??= { ok: true, principal: { tenant, key, userId: null, userName: null } });
 }
 
-/** API-key identity from headers (JWTs are refused here; the admission step handles them). */
+/**
+ * API-key identity from headers (JWTs are refused here; the admission step handles them). Messages
+ * say what is wrong with the credential and never echo it.
+ */
 export function identify(
   headers: IncomingHttpHeaders,
   index: KeyIndex,
@@ -185,8 +177,10 @@ export function identify(
       return unauthenticated('invalid_api_key', credential.message);
     case 'jwt':
       return unauthenticated('invalid_api_key', 'the credential is not a gpugate API key');
-    case 'key':
-      return identifyKey(credential.key, index, now, clientIp);
+    case 'key': {
+      const found = findKey(credential.key, index);
+      return 'ok' in found ? found : checkKeyEntry(found, now, clientIp);
+    }
   }
 }
 
