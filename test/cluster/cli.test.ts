@@ -4,21 +4,12 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../operator/cli/command.ts';
-import { runCli } from '../../operator/cli/cli.ts';
 import { kubeconfigPath, kubectl, newNamespace, waitEstablished } from './harness.ts';
+import { runCliCaptured } from '../fixtures/cli.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 
-async function gpugate(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli([...argv, '--kubeconfig', kubeconfigPath()], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    env: {},
-  });
-  return { code, stdout, stderr };
-}
+const gpugate = (...argv: string[]) => runCliCaptured([...argv, '--kubeconfig', kubeconfigPath()]);
 
 describe('gpugate CLI on a cluster', () => {
   let ns: string;

@@ -4,7 +4,7 @@
 // ApiKey with propagationPolicy Orphan: the controller manager's garbage collector removes the Secret's
 // ownerReference and leaves the Secret (and its key) in place for good.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../../operator/cli/cli.ts';
+import { runCliCaptured } from '../fixtures/cli.ts';
 import type { Proc } from '../fixtures/processes.ts';
 import { kubeconfigPath, kubectl, waitUntil } from './harness.ts';
 import {
@@ -115,12 +115,17 @@ spec: {}
   });
 
   it('a key made by `gpugate key create` (its Secret written before the ApiKey exists, so not owned by it) is accepted: the CLI names it in secretRef', async () => {
-    let stdout = '';
-    let stderr = '';
-    const code = await runCli(
-      ['key', 'create', 'acme', '--name', 'carol', '-n', suite.ns, '--kubeconfig', kubeconfigPath()],
-      { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), env: {} },
-    );
+    const { code, stdout, stderr } = await runCliCaptured([
+      'key',
+      'create',
+      'acme',
+      '--name',
+      'carol',
+      '-n',
+      suite.ns,
+      '--kubeconfig',
+      kubeconfigPath(),
+    ]);
     expect({ code, stderr }).toEqual({ code: 0, stderr: '' });
     const key = /gpg_[0-9A-Za-z]{36}/.exec(stdout)?.[0] as string;
     await waitUntil(

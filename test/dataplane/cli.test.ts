@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMigrations } from '../../dataplane/metering/migrate.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { EXIT } from '../../operator/cli/command.ts';
-import { runCli } from '../../operator/cli/cli.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
 import { quietLogger } from './harness.ts';
+import { runCliCaptured } from '../fixtures/cli.ts';
 
 const db = useTestDatabase();
 const EXAMPLES = resolve(import.meta.dirname, '..', '..', 'examples');
@@ -19,16 +19,8 @@ describe('gpugate CLI with the usage database', () => {
   let dir: string;
   let pool: pg.Pool;
 
-  async function gpugate(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
-    const code = await runCli([...argv, '--manifests', join(dir, 'examples')], {
-      stdout: (t) => (stdout += t),
-      stderr: (t) => (stderr += t),
-      env: { DATABASE_URL: db.url },
-    });
-    return { code, stdout, stderr };
-  }
+  const gpugate = (...argv: string[]) =>
+    runCliCaptured([...argv, '--manifests', join(dir, 'examples')], { DATABASE_URL: db.url });
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'gpugate-cli-db-'));

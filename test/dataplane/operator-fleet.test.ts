@@ -16,12 +16,12 @@ import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import type { FleetStatus, TenantFleet } from '../../operator/aggregate/aggregate.ts';
 import { renderTenant } from '../../operator/aggregate/render.ts';
 import type { FleetSource } from '../../operator/aggregate/routes.ts';
-import { runCli } from '../../operator/cli/cli.ts';
 import { EXIT } from '../../operator/cli/command.ts';
 import { startOperatorServer } from '../../operator/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { startDataPlaneProcess, startProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, tenant } from './harness.ts';
+import { runCliCaptured } from '../fixtures/cli.ts';
 
 const TOKEN = 'fleet-push-token';
 const DEAD_ADMIN = 'http://127.0.0.1:9';
@@ -44,16 +44,7 @@ async function getJson(url: string, token?: string): Promise<{ status: number; b
   return { status: res.statusCode, body: await res.body.json() };
 }
 
-async function gpugate(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(argv, {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    env: {},
-  });
-  return { code, stdout, stderr };
-}
+const gpugate = (...argv: string[]) => runCliCaptured(argv);
 
 interface Operator {
   url: string;

@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { COMMANDS, runCli } from '../../operator/cli/cli.ts';
+import { COMMANDS } from '../../operator/cli/cli.ts';
+import { runCliCaptured, type CliRun } from '../fixtures/cli.ts';
 
 const RUNS = process.env.GPUGATE_SOAK === '1' ? 3000 : 300;
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -29,24 +30,13 @@ function treeHash(dir: string): string {
   return h.digest('hex');
 }
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function inProcess(argv: string[]): Promise<Run> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(argv, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), env: {} });
-  return { code, stdout, stderr };
-}
+const inProcess = (argv: string[]) => runCliCaptured(argv);
 
 const STACK = /\n\s+at\s|node:internal|\bat async\b|^\s*at\s/m;
 const RAW_ERROR = /^(TypeError|ReferenceError|RangeError|SyntaxError|Error):/m;
 
 /** The invariants every run must keep. */
-function checkRun(argv: string[], r: Run): void {
+function checkRun(argv: string[], r: CliRun): void {
   const what = JSON.stringify(argv);
   expect([0, 1, 2, 3, 4], what).toContain(r.code);
   expect(r.stderr, what).not.toMatch(STACK);
@@ -302,7 +292,7 @@ describe('gpugate CLI under arbitrary argv', () => {
       ['tenant', 'info', 'demo', '--kubeconfig', kubeconfig],
     );
     for (const argv of sample) {
-      const r = await new Promise<Run>((done) => {
+      const r = await new Promise<CliRun>((done) => {
         execFile(
           process.execPath,
           [join(ROOT, 'operator/cli/main.ts'), ...argv],

@@ -7,23 +7,14 @@ import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { hashApiKey } from '../../dataplane/auth/keys.ts';
 import { EXIT } from '../../operator/cli/command.ts';
-import { runCli } from '../../operator/cli/cli.ts';
 import { compileSnapshot } from '../../operator/snapshot/compile.ts';
 import { loadManifestDir } from '../../operator/snapshot/manifests.ts';
 import { ensureKeySecrets } from '../../operator/standalone/secrets.ts';
+import { runCliCaptured } from '../fixtures/cli.ts';
 
 const EXAMPLES = resolve(import.meta.dirname, '..', '..', 'examples');
 
-async function gpugate(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await runCli(argv, {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    env: {},
-  });
-  return { code, stdout, stderr };
-}
+const gpugate = (...argv: string[]) => runCliCaptured(argv);
 
 describe('gpugate CLI on a manifests folder', () => {
   let dir: string;
