@@ -48,6 +48,11 @@ function rangeOf(
   return { from, to };
 }
 
+/** The headers every answer of the public port carries. */
+function gatewayHeaders(request: FastifyRequest, version: string) {
+  return { 'x-request-id': request.id, via: '1.1 gpugate', 'x-gpugate-version': version };
+}
+
 function sendError(
   reply: FastifyReply,
   request: FastifyRequest,
@@ -56,13 +61,7 @@ function sendError(
 ): FastifyReply {
   return reply
     .code(err.status)
-    .headers({
-      ...err.headers,
-      'content-type': 'application/json',
-      'x-request-id': request.id,
-      via: '1.1 gpugate',
-      'x-gpugate-version': version,
-    })
+    .headers({ ...err.headers, 'content-type': 'application/json', ...gatewayHeaders(request, version) })
     .send(errorBody(err, request.id));
 }
 
@@ -112,23 +111,16 @@ export function usageRoutes(deps: UsageApiDeps) {
         tenant.quota ? quotaState(deps.db, 'tenant', tenant.id, at) : null,
         key?.quota ? quotaState(deps.db, 'key', key.id, at) : null,
       ]);
-      return reply
-        .headers({
-          'x-request-id': request.id,
-          via: '1.1 gpugate',
-          'x-gpugate-version': deps.version,
-          'cache-control': 'no-store',
-        })
-        .send({
-          object: 'usage',
-          tenant: tenant.id,
-          key: key ? { id: key.id, prefix: key.prefix } : null,
-          from: range.from,
-          to: range.to,
-          quota: { tenant: tenantQuota, key: keyQuota },
-          usage: reportBody(tenantUsage),
-          keyUsage: keyUsage ? reportBody(keyUsage) : null,
-        });
+      return reply.headers({ ...gatewayHeaders(request, deps.version), 'cache-control': 'no-store' }).send({
+        object: 'usage',
+        tenant: tenant.id,
+        key: key ? { id: key.id, prefix: key.prefix } : null,
+        from: range.from,
+        to: range.to,
+        quota: { tenant: tenantQuota, key: keyQuota },
+        usage: reportBody(tenantUsage),
+        keyUsage: keyUsage ? reportBody(keyUsage) : null,
+      });
     });
   };
 }
