@@ -15,23 +15,13 @@ import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { startLossyPgProxy, type LossyPgProxy } from '../fixtures/lossy-pg-proxy.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { tenant } from './harness.ts';
 
 const TENANT = 'ns/acme';
 
 function quotas(credits: number): Pick<Snapshot, 'tenants' | 'keys'> {
   return {
-    tenants: [
-      {
-        id: TENANT,
-        suspended: false,
-        allowedModels: [],
-        allowedBackends: [],
-        limits: {},
-        quota: { credits, period: 'None' },
-        failOpen: true,
-        jwt: null,
-      },
-    ],
+    tenants: [tenant(TENANT, { quota: { credits, period: 'None' } })],
     keys: [],
   };
 }

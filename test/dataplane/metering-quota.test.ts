@@ -6,6 +6,7 @@ import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager, type QuotaManager, type QuotaOptions } from '../../dataplane/metering/quota.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { tenant as tenantOf } from './harness.ts';
 
 type Quotas = Pick<Snapshot, 'tenants' | 'keys'>;
 
@@ -15,16 +16,10 @@ function quotas(
 ): Quotas {
   return {
     tenants: [
-      {
-        id: 'ns/acme',
-        suspended: false,
-        allowedModels: [],
-        allowedBackends: [],
-        limits: {},
+      tenantOf('ns/acme', {
         quota: tenant && { credits: tenant.credits, period: tenant.period },
         failOpen: tenant?.failOpen ?? true,
-        jwt: null,
-      },
+      }),
     ],
     keys: [
       {

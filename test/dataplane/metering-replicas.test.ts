@@ -11,6 +11,7 @@ import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
 import { sampleReserved } from '../fixtures/quota-sampler.ts';
+import { tenant } from './harness.ts';
 
 const TENANT = 'ns/acme';
 const LIMIT = 4000;
@@ -18,18 +19,7 @@ const REQUESTS = 10_000;
 const CONCURRENCY = 24;
 
 const snapshot: Pick<Snapshot, 'tenants' | 'keys'> = {
-  tenants: [
-    {
-      id: TENANT,
-      suspended: false,
-      allowedModels: [],
-      allowedBackends: [],
-      limits: {},
-      quota: { credits: LIMIT, period: 'Monthly' },
-      failOpen: false,
-      jwt: null,
-    },
-  ],
+  tenants: [tenant(TENANT, { quota: { credits: LIMIT, period: 'Monthly' }, failOpen: false })],
   keys: [],
 };
 

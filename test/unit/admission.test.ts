@@ -7,11 +7,11 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Admission } from '../../dataplane/admission/admission.ts';
 import { addressIn, compileCidrs, normalizeAddress } from '../../dataplane/auth/cidr.ts';
-import type { Snapshot, Tenant } from '../../dataplane/config/snapshot.ts';
+import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { answerPreflight, compileCors } from '../../dataplane/http/cors.ts';
 import { TokenBucket } from '../../dataplane/limits/bucket.ts';
 import { replicaLimits } from '../../dataplane/limits/limiter.ts';
-import { apiKey } from '../dataplane/harness.ts';
+import { apiKey, tenant } from '../dataplane/harness.ts';
 
 describe('token bucket', () => {
   it('refills continuously, waits exactly, and lets a request larger than the bucket through only when full', () => {
@@ -116,14 +116,7 @@ describe('CORS preflight', () => {
 
 describe('credential parsing (property)', () => {
   const HS_SECRET = 'unit-test-hs-secret-0123456789abcdef';
-  const t: Tenant = {
-    id: 't',
-    suspended: false,
-    allowedModels: [],
-    allowedBackends: [],
-    limits: {},
-    quota: null,
-    failOpen: true,
+  const t = tenant('t', {
     jwt: {
       issuer: 'https://iss',
       audiences: ['aud'],
@@ -131,7 +124,7 @@ describe('credential parsing (property)', () => {
       subjectClaim: 'sub',
       userNameClaim: 'name',
     },
-  };
+  });
   const { secret, key } = apiKey('t', { id: 't/k' });
   const snap = {
     settings: {

@@ -1,21 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { buildKeyIndex, identify } from '../../dataplane/auth/identify.ts';
-import type { Tenant } from '../../dataplane/config/snapshot.ts';
-import { apiKey } from '../dataplane/harness.ts';
+import { apiKey, tenant } from '../dataplane/harness.ts';
 
-const tenant: Tenant = {
-  id: 't',
-  suspended: false,
-  allowedModels: [],
-  allowedBackends: [],
-  limits: {},
-  quota: null,
-  failOpen: true,
-  jwt: null,
-};
 const { secret, key } = apiKey('t', { id: 't/k' });
-const index = buildKeyIndex([key], [tenant]);
+const index = buildKeyIndex([key], [tenant('t')]);
 
 describe('identify', () => {
   it('accepts the key as a Bearer token (any scheme case) and as x-api-key', () => {
