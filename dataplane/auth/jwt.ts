@@ -146,10 +146,9 @@ export class JwksCache {
 
 interface TenantVerifier {
   tenant: Tenant;
-  issuer: string;
   audiences: readonly string[];
-  key: JWTVerifyGetKey | Uint8Array;
-  algorithms: string[];
+  /** jwtVerify with the tenant's key and options, fixed when the snapshot is compiled; `now` per request. */
+  verify(token: string, now: number): Promise<JWTPayload>;
   subjectClaim: string;
   userNameClaim: string;
 }
@@ -181,30 +180,36 @@ function invalidToken(message: string): IdentifyResult {
 
 export class JwtVerifiers {
   readonly #byIssuer = new Map<string, TenantVerifier[]>();
-  readonly #clockToleranceS: number;
 
   constructor(tenants: readonly Tenant[], jwks: JwksCache, clockToleranceS: number) {
-    this.#clockToleranceS = clockToleranceS;
     const urls = new Set<string>();
     for (const tenant of tenants) {
       const jwt = tenant.jwt;
       if (!jwt) continue;
-      let key: JWTVerifyGetKey | Uint8Array;
-      let algorithms: string[];
-      if (jwt.jwksUrl !== undefined) {
-        urls.add(jwt.jwksUrl);
-        key = jwks.get(jwt.jwksUrl);
-        algorithms = ASYMMETRIC;
-      } else if (jwt.hsSecret !== undefined) {
-        key = new TextEncoder().encode(jwt.hsSecret);
-        algorithms = HMAC;
-      } else continue;
+      const { jwksUrl, hsSecret } = jwt;
+      if (jwksUrl === undefined && hsSecret === undefined) continue;
+      const fixed = {
+        issuer: jwt.issuer,
+        audience: jwt.audiences.length > 0 ? [...jwt.audiences] : undefined,
+        algorithms: jwksUrl !== undefined ? ASYMMETRIC : HMAC,
+        clockTolerance: clockToleranceS,
+        requiredClaims: ['exp'],
+      };
+      let verify: TenantVerifier['verify'];
+      if (jwksUrl !== undefined) {
+        urls.add(jwksUrl);
+        const getKey = jwks.get(jwksUrl);
+        verify = async (token, now) =>
+          (await jwtVerify(token, getKey, { ...fixed, currentDate: new Date(now) })).payload;
+      } else {
+        const secret = new TextEncoder().encode(hsSecret);
+        verify = async (token, now) =>
+          (await jwtVerify(token, secret, { ...fixed, currentDate: new Date(now) })).payload;
+      }
       const verifier: TenantVerifier = {
         tenant,
-        issuer: jwt.issuer,
         audiences: jwt.audiences,
-        key,
-        algorithms,
+        verify,
         subjectClaim: jwt.subjectClaim,
         userNameClaim: jwt.userNameClaim,
       };
@@ -249,18 +254,7 @@ export class JwtVerifiers {
     if ('ok' in v) return v;
     let payload: JWTPayload;
     try {
-      const verifyOptions = {
-        issuer: v.issuer,
-        audience: v.audiences.length > 0 ? [...v.audiences] : undefined,
-        algorithms: v.algorithms,
-        clockTolerance: this.#clockToleranceS,
-        currentDate: new Date(now),
-        requiredClaims: ['exp'],
-      };
-      payload =
-        v.key instanceof Uint8Array
-          ? (await jwtVerify(token, v.key, verifyOptions)).payload
-          : (await jwtVerify(token, v.key, verifyOptions)).payload;
+      payload = await v.verify(token, now);
     } catch (err) {
       return this.#failure(err);
     }
