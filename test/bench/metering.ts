@@ -14,6 +14,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager } from '../../dataplane/metering/quota.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, insertUsageBatch } from '../../dataplane/metering/writer.ts';
+import { tenant } from '../dataplane/harness.ts';
 import { startBenchPostgres } from './postgres.ts';
 
 const { values: args } = parseArgs({
@@ -134,17 +135,8 @@ function line(label: string, run: Run): string {
 async function admissionCost(pool: pg.Pool): Promise<void> {
   const registry = new Registry();
   const quota = createQuotaManager({ pool, syncIntervalMs: 200, idleReleaseMs: 60_000, registry });
-  const tenant = {
-    id: 'ns/bench',
-    suspended: false,
-    allowedModels: [],
-    allowedBackends: [],
-    limits: {},
-    quota: { credits: 1e12, period: 'Monthly' as const },
-    failOpen: true,
-    jwt: null,
-  };
-  await quota.applySnapshot({ tenants: [tenant], keys: [] });
+  const bench = tenant('ns/bench', { quota: { credits: 1e12, period: 'Monthly' } });
+  await quota.applySnapshot({ tenants: [bench], keys: [] });
   const n = 1_000_000;
   const start = process.hrtime.bigint();
   for (let i = 0; i < n; i++) {
