@@ -2,7 +2,7 @@
 // with its reason, dataplane/admin/readiness.ts), Prometheus metrics, endpoint status (health, ejection, load, gateway chains)
 // and the snapshot push.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { SnapshotProblem } from '../config/validate.ts';
 import type { Readiness } from './readiness.ts';
@@ -30,6 +30,25 @@ function digest(s: string): Buffer {
 export function tokenMatches(presented: string | undefined, expected: string): boolean {
   if (presented === undefined || !presented.toLowerCase().startsWith('bearer ')) return false;
   return timingSafeEqual(digest(presented.slice(7).trim()), digest(expected));
+}
+
+/**
+ * Whether the request carries `token` (null: none configured) as its Bearer token; when it does not,
+ * answers 401 with WWW-Authenticate: Bearer, `headers` and the error `code` and `message`.
+ */
+export function requireBearer(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  token: string | null,
+  error: { code: string; message: string },
+  headers: Record<string, string> = {},
+): boolean {
+  if (token !== null && tokenMatches(request.headers.authorization, token)) return true;
+  void reply
+    .code(401)
+    .headers({ 'www-authenticate': 'Bearer', ...headers })
+    .send({ error: { type: 'authentication_error', ...error } });
+  return false;
 }
 
 const problemSchema = {
@@ -83,20 +102,11 @@ export function adminPlugin(deps: AdminDeps) {
         // The token is checked before the body is read: without it, nobody makes this port read
         // and parse up to bodyLimit (256 MiB) of JSON.
         onRequest: async (request, reply) => {
-          const token = deps.pushToken;
-          if (token === null || !tokenMatches(request.headers.authorization, token)) {
-            return reply
-              .code(401)
-              .header('www-authenticate', 'Bearer')
-              .header('connection', 'close')
-              .send({
-                error: {
-                  type: 'authentication_error',
-                  code: 'bad_push_token',
-                  message: 'PUT /config needs the push token as a Bearer token',
-                },
-              });
-          }
+          const refusal = {
+            code: 'bad_push_token',
+            message: 'PUT /config needs the push token as a Bearer token',
+          };
+          if (!requireBearer(request, reply, deps.pushToken, refusal, { connection: 'close' })) return reply;
         },
       },
       async (request, reply) => {

@@ -12,7 +12,7 @@ import type { LimitState } from '../limits/limiter.ts';
 import type { CompiledBackend, Runtime } from '../routing/runtime.ts';
 import { loadView, type EndpointState } from '../upstream/endpoint.ts';
 import { quotaState, type Db, type QuotaState } from '../usage/queries.ts';
-import { tokenMatches } from './admin.ts';
+import { requireBearer } from './admin.ts';
 
 export const VIEWS_VERSION = 1;
 
@@ -150,20 +150,12 @@ function limitView(
 }
 
 export function adminViews(deps: ViewDeps) {
-  const authorized = (request: FastifyRequest, reply: FastifyReply): boolean => {
-    if (deps.token !== null && tokenMatches(request.headers.authorization, deps.token)) return true;
-    void reply
-      .code(401)
-      .header('www-authenticate', 'Bearer')
-      .send({
-        error: {
-          type: 'authentication_error',
-          code: 'bad_admin_token',
-          message: 'the admin views need the push token as a Bearer token',
-        },
-      });
-    return false;
+  const refusal = {
+    code: 'bad_admin_token',
+    message: 'the admin views need the push token as a Bearer token',
   };
+  const authorized = (request: FastifyRequest, reply: FastifyReply): boolean =>
+    requireBearer(request, reply, deps.token, refusal);
 
   return async function views(app: FastifyInstance): Promise<void> {
     app.get('/admin/info', async (request, reply) => {

@@ -3,7 +3,7 @@
 // Both read dataplane/usage/queries.ts, like the CLI and the Tenant status.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Runtime } from '../routing/runtime.ts';
-import { tokenMatches } from '../admin/admin.ts';
+import { requireBearer } from '../admin/admin.ts';
 import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import {
   dayProblem,
@@ -150,13 +150,7 @@ const tenantParams = {
 
 function adminError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   const type =
-    status === 401
-      ? 'authentication_error'
-      : status === 503
-        ? 'overloaded_error'
-        : status === 404
-          ? 'not_found_error'
-          : 'invalid_request_error';
+    status === 503 ? 'overloaded_error' : status === 404 ? 'not_found_error' : 'invalid_request_error';
   return reply.code(status).send({ error: { type, code, message } });
 }
 
@@ -168,15 +162,11 @@ export function adminUsageRoutes(deps: AdminUsageDeps) {
   const now = deps.now ?? Date.now;
   return async function adminUsage(app: FastifyInstance): Promise<void> {
     app.addHook('onRequest', async (request, reply) => {
-      if (deps.token === null || !tokenMatches(request.headers.authorization, deps.token)) {
-        reply.header('www-authenticate', 'Bearer');
-        return adminError(
-          reply,
-          401,
-          'bad_admin_token',
-          'the admin API needs the admin token as a Bearer token',
-        );
-      }
+      const refusal = {
+        code: 'bad_admin_token',
+        message: 'the admin API needs the admin token as a Bearer token',
+      };
+      if (!requireBearer(request, reply, deps.token, refusal)) return reply;
       if (!deps.db) return adminError(reply, 503, 'usage_unavailable', unavailable().message);
       return undefined;
     });
