@@ -59,7 +59,7 @@ export interface AdmissionOptions {
   rejected?: (tenant: string, reason: AdmissionRejectionReason) => void;
 }
 
-export const DEFAULT_CLIENT_LIMITS: ClientLimits = {
+const DEFAULT_CLIENT_LIMITS: ClientLimits = {
   publicRequestsPerMinute: 600,
   authFailuresPerMinute: 30,
 };

@@ -71,7 +71,7 @@ export type Credential =
   | { kind: 'jwt'; token: string };
 
 /** Longer credentials are refused unread: no key or sane JWT comes near this. */
-export const MAX_CREDENTIAL_LENGTH = 8192;
+const MAX_CREDENTIAL_LENGTH = 8192;
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** Where the credential is and what it looks like. `Authorization` wins over `x-api-key`. */

@@ -29,7 +29,7 @@ export interface JwksOptions {
   now: () => number;
 }
 
-export const DEFAULT_JWKS: JwksOptions = {
+const DEFAULT_JWKS: JwksOptions = {
   cooldownMs: 30_000,
   cacheMaxAgeMs: 600_000,
   timeoutMs: 5_000,

@@ -27,7 +27,7 @@ export interface TlsPair {
 export class TlsConfigError extends Error {}
 
 /** When the served (leaf) certificate stops being valid, in seconds since the epoch. */
-export function notAfterSeconds(cert: Buffer): number {
+function notAfterSeconds(cert: Buffer): number {
   return Math.floor(Date.parse(new X509Certificate(cert).validTo) / 1000);
 }
 
