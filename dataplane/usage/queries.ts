@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import type { QuotaPeriod } from '../config/snapshot.ts';
+import { utcDay } from '../metering/migrate.ts';
 import { periodEnd, periodStart } from '../metering/period.ts';
 
 /** A pool or a client: the queries are single statements. */
@@ -62,10 +63,6 @@ export function dayProblem(name: string, value: string): string | null {
     return `${name} must be a UTC day as YYYY-MM-DD, got ${JSON.stringify(value)}`;
   }
   return null;
-}
-
-export function utcDay(at: number | Date): string {
-  return new Date(at).toISOString().slice(0, 10);
 }
 
 /** The days a report covers by default: the current quota period (this month without a quota). */
