@@ -5,7 +5,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Pool } from 'undici';
 
-export const CHAT_ANSWER = JSON.stringify({
+const CHAT_ANSWER = JSON.stringify({
   id: 'x',
   choices: [],
   usage: { prompt_tokens: 5, completion_tokens: 16 },

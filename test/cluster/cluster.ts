@@ -57,7 +57,7 @@ export interface ClusterInfo {
   processes: { component: string; pid: number }[];
 }
 
-export function cacheDir(): string {
+function cacheDir(): string {
   return process.env.GPUGATE_CACHE ?? join(homedir(), '.cache', 'gpugate');
 }
 
@@ -399,7 +399,7 @@ async function stopOrphanedClusters(log: (line: string) => void): Promise<void> 
   }
 }
 
-export const kwokNodeAnnotation = 'kwok.x-k8s.io/node';
+const kwokNodeAnnotation = 'kwok.x-k8s.io/node';
 
 function nodeManifests(): string {
   const nodes = fakeNodes.map((node) => ({
