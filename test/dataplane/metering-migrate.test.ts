@@ -4,7 +4,7 @@ import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   dropUsagePartitionsBefore,
@@ -13,7 +13,7 @@ import {
   migrate,
   PARTITION_DAYS_AHEAD,
 } from '../../dataplane/metering/migrate.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 
 const execFileAsync = promisify(execFile);
 const migrateModule = join(import.meta.dirname, '../../dataplane/metering/migrate.ts');
@@ -30,8 +30,7 @@ describe('migrate', () => {
   const db = useTestDatabase();
   let pool: pg.Pool;
   beforeAll(() => {
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 4);
   });
   afterAll(() => pool.end());
 

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager, type QuotaManager, type QuotaOptions } from '../../dataplane/metering/quota.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { tenant as tenantOf } from './harness.ts';
 
 type Quotas = Pick<Snapshot, 'tenants' | 'keys'>;
@@ -69,8 +69,7 @@ describe('quota leases', () => {
   }
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 2);
     await migrate(pool);
   });
   beforeEach(async () => {

@@ -9,7 +9,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/quota.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { sampleReserved } from '../fixtures/quota-sampler.ts';
 import { tenant } from './harness.ts';
 
@@ -59,8 +59,7 @@ describe('three replicas sharing one tenant quota', () => {
   let replicas: Replica[];
 
   beforeAll(async () => {
-    admin = new pg.Pool({ connectionString: db.url, max: 2 });
-    admin.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    admin = suitePool(db, 2);
     await migrate(admin);
     replicas = [0, 1, 2].map(() => {
       const pool = new pg.Pool({ connectionString: db.url, max: 3 });

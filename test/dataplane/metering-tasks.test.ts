@@ -1,16 +1,15 @@
 // Async task affinity across replicas, against real Postgres.
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createTaskStore } from '../../dataplane/metering/tasks.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 
 describe('async task store', () => {
   const db = useTestDatabase();
   let pool: pg.Pool;
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 2);
     await migrate(pool);
   });
   afterAll(() => pool.end());

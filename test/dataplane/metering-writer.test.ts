@@ -9,7 +9,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { freePort, startEmbeddedPostgres } from '../../operator/standalone/postgres.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 
 let seq = 0;
 function usageEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
@@ -71,8 +71,7 @@ describe('metering writer', () => {
   const db = useTestDatabase();
   let pool: pg.Pool;
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 4);
     await migrate(pool);
   });
   afterAll(() => pool.end());

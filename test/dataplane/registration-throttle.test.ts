@@ -2,14 +2,14 @@
 // (settings.clientLimits.authFailuresPerMinute), shared with API keys and JWTs on the proxy, and an
 // address over it gets 429 before its secret is checked, even the right one. Real sockets and real
 // Postgres; client addresses are told apart through X-Forwarded-For from a trusted proxy (127.0.0.1).
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../dataplane/config/revision.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
 import { createPgRegistrationStore } from '../../dataplane/registration/store.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { apiKey, backend, snapshot, startPlane, tenant } from './harness.ts';
 
 const SECRET = 'the-fleet-registration-secret';
@@ -38,8 +38,7 @@ describe('registration secret guessing is throttled per client address', () => {
     Number((await pool.query('SELECT count(*) AS n FROM registered_endpoints')).rows[0].n);
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 2);
     await migrate(pool);
     plane = await startPlane({ registrationStore: createPgRegistrationStore(pool) });
     const applied = plane.applySnapshot(

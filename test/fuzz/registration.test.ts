@@ -5,7 +5,7 @@
 // exactly what the accepted requests left there. The per-address failure throttle is off here (its own
 // test is test/dataplane/registration-throttle.test.ts) so every guess reaches the secret check.
 import fc from 'fast-check';
-import pg from 'pg';
+import type pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../dataplane/config/revision.ts';
@@ -13,7 +13,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
 import { createPgRegistrationStore } from '../../dataplane/registration/store.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { backend, snapshot, startPlane } from '../dataplane/harness.ts';
 
 const RUNS = process.env.GPUGATE_SOAK === '1' ? 2000 : 200;
@@ -26,8 +26,7 @@ describe('registration webhook under arbitrary input', () => {
   let plane: DataPlane;
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pool.on('error', () => undefined); // idle connections die when the suite's database is dropped
+    pool = suitePool(db, 2);
     await migrate(pool);
     plane = await startPlane({ registrationStore: createPgRegistrationStore(pool) });
     const applied = plane.applySnapshot(
