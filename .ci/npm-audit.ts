@@ -17,8 +17,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-export const FAILING = new Set(['high', 'critical']);
-export const MAX_ALLOW_DAYS = 90;
+const FAILING = new Set(['high', 'critical']);
+const MAX_ALLOW_DAYS = 90;
 
 export interface AllowEntry {
   /** The advisory: GHSA id (GHSA-xxxx-xxxx-xxxx) or npm's numeric advisory source id. */

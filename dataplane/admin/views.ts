@@ -14,7 +14,7 @@ import { loadView, type EndpointState } from '../upstream/endpoint.ts';
 import { quotaState, type Db, type QuotaState } from '../usage/queries.ts';
 import { requireBearer } from './admin.ts';
 
-export const VIEWS_VERSION = 1;
+const VIEWS_VERSION = 1;
 
 export interface ViewDeps {
   token: string | null;
@@ -79,7 +79,7 @@ export interface LimitView {
   } | null;
 }
 
-export function endpointView(e: EndpointState, source: string, now: number): EndpointView {
+function endpointView(e: EndpointState, source: string, now: number): EndpointView {
   let state: EndpointHealth = 'healthy';
   let reason: string | null = null;
   if (!e.ready) {
@@ -111,7 +111,7 @@ export function endpointView(e: EndpointState, source: string, now: number): End
   };
 }
 
-export function backendView(b: CompiledBackend, now: number): BackendView {
+function backendView(b: CompiledBackend, now: number): BackendView {
   const endpoints = b.endpoints.map((e, i) =>
     endpointView(e, b.backend.endpoints[i]?.source ?? 'static', now),
   );

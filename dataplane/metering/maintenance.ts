@@ -64,7 +64,7 @@ export interface Maintenance {
   close(): Promise<void>;
 }
 
-export const DEFAULT_INTERVALS: Record<MaintenanceJob, number> = {
+const DEFAULT_INTERVALS: Record<MaintenanceJob, number> = {
   usage_partitions: 3600,
   usage_retention: 3600,
   async_tasks: 60,

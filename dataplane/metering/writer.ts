@@ -125,7 +125,7 @@ function numberElement(v: number | null): string {
  * in local time); writing them directly is several times cheaper per event, and the work is per
  * batch, off the request path.
  */
-export function arrayLiterals(events: readonly UsageEvent[]): string[] {
+function arrayLiterals(events: readonly UsageEvent[]): string[] {
   const n = events.length;
   // One array of elements per column, joined once: cheaper than growing 18 strings by concatenation
   // (whose ropes are flattened again when pg encodes them).

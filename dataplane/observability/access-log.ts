@@ -14,7 +14,7 @@ export interface AccessLogOptions {
   sampleRate: number;
 }
 
-export const DEFAULT_ACCESS_LOG: AccessLogOptions = { enabled: true, level: 'info', sampleRate: 1 };
+const DEFAULT_ACCESS_LOG: AccessLogOptions = { enabled: true, level: 'info', sampleRate: 1 };
 
 /** The facts of one finished request; `limits` is the admission outcome. */
 export interface AccessLogEntry {

@@ -7,7 +7,7 @@ import type pg from 'pg';
 export const REGISTRATION_CHANNEL = 'gpugate_registrations';
 
 /** Live registrations per backend beyond which new ones are refused (renewals still pass). */
-export const MAX_REGISTERED_PER_BACKEND = 512;
+const MAX_REGISTERED_PER_BACKEND = 512;
 
 export type RegisterResult =
   { ok: true; created: boolean; expiresAt: Date } | { ok: false; reason: 'too_many_endpoints' };
