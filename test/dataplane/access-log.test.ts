@@ -15,6 +15,7 @@ import {
   startPlane,
   startUpstream,
   tenant,
+  until,
   type Upstream,
 } from './harness.ts';
 
@@ -80,9 +81,7 @@ describe('access log', () => {
     expect(res.statusCode).toBe(200);
     await res.body.dump();
     // The line is written when the response closes on the server side.
-    const deadline = Date.now() + 10_000;
-    while (!log.lines().some((l) => l.requestId === 'req-access-1') && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 10));
+    await until(() => log.lines().some((l) => l.requestId === 'req-access-1'));
     const lines = log.lines().filter((l) => l.requestId === 'req-access-1');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({
@@ -118,9 +117,7 @@ describe('access log', () => {
       const res = await post(sampled, limited.secret);
       await res.body.dump();
     }
-    const deadline = Date.now() + 10_000;
-    while (!sampledLog.lines().some((l) => l.status === 429) && Date.now() < deadline)
-      await new Promise((r) => setTimeout(r, 10));
+    await until(() => sampledLog.lines().some((l) => l.status === 429));
     const lines = sampledLog.lines();
     expect(lines.every((l) => l.status === 429)).toBe(true);
     expect(lines.length).toBeGreaterThanOrEqual(1);
