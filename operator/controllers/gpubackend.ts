@@ -49,14 +49,64 @@ export interface SidecarSettings {
 }
 
 export function gpuBackendReconciler(ctx: ControllerContext, sidecar: SidecarSettings | null): Reconciler {
+  const applied: AppliedBodies = new Map();
   return {
     kind: 'GpuBackend',
     async reconcile(key: Key): Promise<Outcome> {
       const obj = ctx.caches.gpuBackends.get(key.name, key.namespace);
-      if (!obj || obj.metadata.deletionTimestamp) return DONE;
-      return sync(ctx, obj as GpuBackend & KubeObject, sidecar);
+      if (!obj || obj.metadata.deletionTimestamp) {
+        for (const path of Object.values(childPaths(key.namespace, key.name))) applied.delete(path);
+        return DONE;
+      }
+      return sync(ctx, obj as GpuBackend & KubeObject, sidecar, applied);
     },
   };
+}
+
+/** The body (JSON) of the last successful apply of each child, by its API path. */
+type AppliedBodies = Map<string, string>;
+
+function childPaths(namespace: string, backendName: string): { deployment: string; service: string } {
+  return {
+    deployment: paths.group('apps', 'v1', 'deployments', namespace, childName(backendName)),
+    service: paths.core('services', namespace, childName(backendName)),
+  };
+}
+
+/**
+ * Server-side applies a child unless the apply would change nothing: this body is the one applied last,
+ * and the cached child still holds every value of it (not deleted, no field set otherwise since). Pod,
+ * EndpointSlice and child events reconcile the backend for its status, and without this each cost two
+ * PATCHes. A changed body is always applied, so fields the new body leaves out are removed as before.
+ */
+async function applyChild(
+  ctx: ControllerContext,
+  applied: AppliedBodies,
+  cache: Caches['backendDeployments'],
+  path: string,
+  body: KubeObject,
+): Promise<void> {
+  const text = JSON.stringify(body);
+  const cached = cache.get(body.metadata!.name!, body.metadata!.namespace);
+  if (applied.get(path) === text && cached && holds(cached, body)) return;
+  await ctx.client.apply(path, body);
+  applied.set(path, text);
+}
+
+/**
+ * Whether `actual` has every value of `wanted` (objects: its keys; lists: same length, item by item). An empty
+ * list or map is held by an absent field: the API server does not keep them (omitempty).
+ */
+function holds(actual: unknown, wanted: unknown): boolean {
+  if (typeof wanted !== 'object' || wanted === null) return actual === wanted;
+  if (actual === undefined) return Object.keys(wanted).length === 0;
+  if (Array.isArray(wanted)) {
+    return (
+      Array.isArray(actual) && actual.length === wanted.length && wanted.every((w, k) => holds(actual[k], w))
+    );
+  }
+  if (typeof actual !== 'object' || actual === null) return false;
+  return Object.entries(wanted).every(([k, w]) => holds((actual as Record<string, unknown>)[k], w));
 }
 
 function defaultedDeployment(obj: GpuBackend): DeploymentSpec | undefined {
@@ -70,6 +120,7 @@ async function sync(
   ctx: ControllerContext,
   obj: GpuBackend & KubeObject,
   sidecar: SidecarSettings | null,
+  applied: AppliedBodies,
 ): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
   const dep = defaultedDeployment(obj);
@@ -90,12 +141,19 @@ async function sync(
       blockOwnerDeletion: true,
     };
     const sidecarOn = dep.dataplane === 'sidecar' && sidecar !== null;
-    await ctx.client.apply(
-      paths.group('apps', 'v1', 'deployments', namespace, childName(name)),
+    const path = childPaths(namespace, name);
+    await applyChild(
+      ctx,
+      applied,
+      ctx.caches.backendDeployments,
+      path.deployment,
       deploymentFor(obj, dep, owner, sidecarOn ? sidecar : null),
     );
-    await ctx.client.apply(
-      paths.core('services', namespace, childName(name)),
+    await applyChild(
+      ctx,
+      applied,
+      ctx.caches.backendServices,
+      path.service,
       serviceFor(obj, dep, owner, sidecarOn),
     );
   }

@@ -241,9 +241,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       logger,
       MANAGED_SELECTOR,
     ),
-  };
-  const children: Informer<KubeObject>[] = [
-    startInformer(
+    backendDeployments: startInformer(
       opts.kubeConfig,
       client,
       paths.group('apps', 'v1', 'deployments', ns),
@@ -251,7 +249,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       logger,
       MANAGED_SELECTOR,
     ),
-    startInformer(
+    backendServices: startInformer(
       opts.kubeConfig,
       client,
       paths.core('services', ns),
@@ -259,7 +257,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       logger,
       MANAGED_SELECTOR,
     ),
-  ];
+  };
   const dp = opts.dataplaneService;
   const dataplaneSlices = dp
     ? startInformer<EndpointSlice>(
@@ -482,7 +480,6 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
   await Promise.all([
     ...Object.values(caches).map((c: Informer<KubeObject>) => c.synced()),
-    ...children.map((c) => c.synced()),
     dataplaneSlices?.synced(),
   ]);
   synced = true;
@@ -569,7 +566,6 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       await leader.release();
       await Promise.all([
         ...Object.values(caches).map((c: Informer<KubeObject>) => c.stop()),
-        ...children.map((c) => c.stop()),
         dataplaneSlices?.stop(),
       ]);
       await Promise.race([Promise.all(workers), new Promise((r) => setTimeout(r, 2000))]);

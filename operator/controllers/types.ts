@@ -56,6 +56,9 @@ export interface Caches {
   backendSlices: Informer<EndpointSlice>;
   /** Pods of managed Deployments, for scheduling status. */
   backendPods: Informer<Pod>;
+  /** The Deployments and Services the operator manages (GpuBackend children), to skip applies of no change. */
+  backendDeployments: Informer<KubeObject>;
+  backendServices: Informer<KubeObject>;
 }
 
 export interface ControllerContext {
