@@ -106,9 +106,11 @@ const databaseUrl = values['database-url'] ?? env.DATABASE_URL;
 const registry = new Registry();
 let metering: MeteringRuntime | null = null;
 if (databaseUrl) {
-  await migrate(databaseUrl);
+  // Migrated on the pool metering then uses, rather than on a connection of its own.
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
+  await migrate(pool);
   metering = startMetering({
-    pool: new pg.Pool({ connectionString: databaseUrl, max: 4 }),
+    pool,
     registry,
     logger,
     retentionDays: intOf(
