@@ -4,6 +4,7 @@
 // ApiKey with propagationPolicy Orphan: the controller manager's garbage collector removes the Secret's
 // ownerReference and leaves the Secret (and its key) in place for good.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import { runCliCaptured } from '../fixtures/cli.ts';
 import type { Proc } from '../fixtures/processes.ts';
 import { kubeconfigPath, kubectl, waitUntil } from './harness.ts';
@@ -32,7 +33,7 @@ interface Obj {
   status?: {
     secretName?: string;
     prefix?: string;
-    conditions?: { type: string; status: string; reason: string; message: string }[];
+    conditions?: Condition[];
   };
 }
 

@@ -2,6 +2,7 @@
 // is in test/fixtures/processes.ts), the operator's RBAC bound to its own service account, and small
 // kubectl wrappers.
 import { resolve } from 'node:path';
+import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import { request } from 'undici';
 import { rbacWithBindings } from '../../operator/rbac/rules.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
@@ -146,9 +147,6 @@ export async function secretValue(ns: string, name: string, key: string): Promis
   return Buffer.from(s.data[key]!, 'base64').toString('utf8');
 }
 
-export function condition(
-  obj: { status?: { conditions?: { type: string; status: string; reason: string; message: string }[] } },
-  type: string,
-) {
+export function condition(obj: { status?: { conditions?: Condition[] } }, type: string) {
   return obj.status?.conditions?.find((c) => c.type === type);
 }

@@ -4,6 +4,7 @@
 // on loopback, which the operator finds through --dataplane-url (in a cluster: the data plane Service's
 // EndpointSlices), and from there to a GPU simulator named by a static endpoint.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import type { FleetStatus } from '../../operator/aggregate/aggregate.ts';
 import { startDataPlaneProcess, type DataPlaneProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, waitUntil } from './harness.ts';
@@ -32,7 +33,7 @@ interface Obj {
   };
   spec?: Record<string, unknown>;
   status?: Record<string, unknown> & {
-    conditions?: { type: string; status: string; reason: string; message: string }[];
+    conditions?: Condition[];
   };
 }
 

@@ -4,6 +4,7 @@
 // registers itself through the data plane's public port. Waits are bounded polls on invariants; nothing
 // here asserts how long anything took.
 import pg from 'pg';
+import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
@@ -29,7 +30,7 @@ const MODEL = 'sim-reg-8b';
 interface Backend {
   status?: {
     endpoints?: { url: string; source: string; ready: boolean }[];
-    conditions?: { type: string; status: string; reason: string; message: string }[];
+    conditions?: Condition[];
   };
 }
 
