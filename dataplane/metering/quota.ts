@@ -481,10 +481,12 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     return { ok: false, code: 'quota_exceeded', periodEnd: periodEnd(subject.quota.period, wall) };
   }
 
-  function unreserve(lease: Lease | null, estimate: number): void {
-    if (!lease) return;
+  /** Undo reserveNow for a request refused by its other subject: the slice back, and not counted as demand. */
+  function unreserve(subject: Subject | undefined, lease: Lease | null, estimate: number): void {
+    if (!subject || !lease) return;
     lease.held = credits(lease.held + estimate);
     lease.inflight--;
+    subject.demand = Math.max(0, subject.demand - estimate); // a sync tick may have reset it meanwhile
   }
 
   function refused(subject: Subject, r: Refusal, estimate: number): QuotaDecision {
@@ -513,7 +515,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
     let leases: Lease[];
     if (key) {
       const r = reserveNow(key, estimate, wall, now);
-      if (r === null || 'ok' in r) unreserve(tenantLease, estimate);
+      if (r === null || 'ok' in r) unreserve(tenant, tenantLease, estimate);
       if (r === null) return null;
       if ('ok' in r) return refused(key, r, estimate);
       leases = tenantLease ? [tenantLease, r] : [r];
@@ -540,7 +542,7 @@ export function createQuotaManager(options: QuotaOptions): QuotaManager {
         leases.push(r.lease);
         continue;
       }
-      for (const lease of leases) unreserve(lease, estimate);
+      if (leases.length > 0) unreserve(tenant, leases[0]!, estimate); // only the tenant comes before a key
       return refused(subject, r, estimate);
     }
     const ticket: Ticket = { estimate, unmetered: false, leases };
