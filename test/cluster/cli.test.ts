@@ -1,13 +1,11 @@
 // The gpugate CLI against the real API server: Tenants and ApiKeys written with server-side apply
 // under the field manager gpugate-cli (fields of other managers kept), the key Secret holding the
 // key, the key printed once, lookups by key and prefix, and errors for unknown objects.
-import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../../operator/cli/command.ts';
-import { kubeconfigPath, kubectl, newNamespace, waitEstablished } from './harness.ts';
+import { kubeconfigPath, kubectl, newNamespace } from './harness.ts';
+import { installCrds } from './operator-helpers.ts';
 import { runCliCaptured } from '../fixtures/cli.ts';
-
-const repo = join(import.meta.dirname, '..', '..');
 
 const gpugate = (...argv: string[]) => runCliCaptured([...argv, '--kubeconfig', kubeconfigPath()]);
 
@@ -15,8 +13,7 @@ describe('gpugate CLI on a cluster', () => {
   let ns: string;
 
   beforeAll(async () => {
-    await kubectl(['apply', '--server-side', '--field-manager=gpugate-test', '-f', join(repo, 'crds')]);
-    await waitEstablished(['tenants.gpugate.io', 'apikeys.gpugate.io']);
+    await installCrds();
     ns = await newNamespace('cli');
   });
 

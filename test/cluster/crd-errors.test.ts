@@ -7,7 +7,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { kubectl, newNamespace, waitEstablished } from './harness.ts';
+import { kubectl, newNamespace } from './harness.ts';
+import { installCrds } from './operator-helpers.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 const DOC = join(repo, 'docs', 'crd-errors.md');
@@ -339,15 +340,7 @@ describe('invalid CRs: the API server says what to fix', () => {
   const answers = new Map<Mistake, string[]>();
 
   beforeAll(async () => {
-    await kubectl([
-      'apply',
-      '--server-side',
-      '--field-manager=gpugate-test',
-      '--force-conflicts',
-      '-f',
-      join(repo, 'crds'),
-    ]);
-    await waitEstablished(['gpubackends.gpugate.io', 'tenants.gpugate.io', 'apikeys.gpugate.io']);
+    await installCrds();
     ns = await newNamespace('crd-errors');
     for (const m of MISTAKES) answers.set(m, await serverErrors(ns, m.object));
     if (process.env.GPUGATE_UPDATE_DOCS === '1') {

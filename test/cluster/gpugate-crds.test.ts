@@ -4,7 +4,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { kubectl, newNamespace, waitEstablished } from './harness.ts';
+import { kubectl, newNamespace } from './harness.ts';
+import { installCrds } from './operator-helpers.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 const api = 'gpugate.io/v1alpha1';
@@ -131,8 +132,7 @@ async function serverVerdict(ns: string, obj: Obj): Promise<string> {
 describe('gpugate CRDs on the API server', () => {
   let ns = '';
   beforeAll(async () => {
-    await kubectl(['apply', '--server-side', '--field-manager=gpugate-test', '-f', join(repo, 'crds')]);
-    await waitEstablished(['gpubackends.gpugate.io', 'tenants.gpugate.io', 'apikeys.gpugate.io']);
+    await installCrds();
     ns = await newNamespace('crds');
   });
 
