@@ -9,6 +9,7 @@
 // comes back within a gap (the gaps are tens of milliseconds; the latencies measured, about one).
 //
 //   node test/bench/proxy-overhead.ts [--seconds 8] [--rounds 3] [--connections 64] [--latency-seconds 10]
+//                                     [--backend nginx|node]
 //
 // Needs wrk, nginx and haproxy on PATH (Debian: apt-get install wrk nginx-light haproxy); a missing
 // proxy is skipped and said so.
@@ -25,8 +26,14 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string', default: '64' },
     'latency-seconds': { type: 'string', default: '10' },
+    // nginx: `return 200` of a fixed body (about 5 µs per request); node: test/bench/backend-node.ts,
+    // the same body from node:http (a model server's HTTP layer in a GC'd runtime).
+    backend: { type: 'string', default: 'nginx' },
   },
 });
+if (values.backend !== 'nginx' && values.backend !== 'node') {
+  throw new Error(`--backend must be nginx or node, got ${JSON.stringify(values.backend)}`);
+}
 const SECONDS = Number(values.seconds);
 const ROUNDS = Number(values.rounds);
 const CONNECTIONS = Number(values.connections);
@@ -196,7 +203,11 @@ http { access_log off; keepalive_requests 10000000;
     location / { default_type application/json; return 200 '${COMPLETION}'; } } }
 `,
   );
-  const backend = start('backend', 'nginx', ['-c', join(dir, 'backend.conf'), '-p', dir]);
+  const backend =
+    values.backend === 'node'
+      ? start('backend', node, ['test/bench/backend-node.ts', String(PORTS.backend), COMPLETION])
+      : start('backend', 'nginx', ['-c', join(dir, 'backend.conf'), '-p', dir]);
+  process.stdout.write(`backend: ${values.backend}\n`);
   const upstream = `http://127.0.0.1:${PORTS.backend}`;
   const targets: Target[] = [{ name: 'direct', port: PORTS.backend, pid: null }];
 
