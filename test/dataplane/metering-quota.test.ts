@@ -187,6 +187,43 @@ describe('quota leases', () => {
     expect(await balance()).toEqual({ used: 5, reserved: 0 });
   });
 
+  // Demand (credits admitted since the last lease request) sizes the next slice. A request the key
+  // refuses must not count as the tenant's demand, whether the key refused from its refusal cache
+  // (tryAdmit) or after a lease request (admit). sliceSeconds is so large that ANY recorded demand
+  // asks for the largest slice the balance allows (a quarter of it), while no demand asks for 4
+  // requests' worth: the slice shows whether the refused requests were counted, with no timing in
+  // it. The sync timer, lease expiry and idle release are pushed out of the test's way.
+  it.each([
+    { path: 'after a lease request for the key', exhaustedCacheMs: 0 },
+    { path: "from the key's refusal cache", exhaustedCacheMs: 3_600_000 },
+  ])("does not count requests the key refused $path as the tenant's demand", async ({ exhaustedCacheMs }) => {
+    const r = replica({
+      exhaustedCacheMs,
+      syncIntervalMs: 3_600_000,
+      leaseTtlMs: 3_600_000,
+      idleReleaseMs: 3_600_000,
+      sliceSeconds: 1e9,
+      minSliceRequests: 4,
+      maxShareOfAvailable: 0.25,
+    });
+    await r.applySnapshot(quotas({ credits: 1000, period: 'None' }, { credits: 0, period: 'None' }));
+    for (let i = 0; i < 5; i++) {
+      expect(await r.admit('ns/acme', 'ns/acme-key', 1)).toMatchObject({ ok: false, subject: 'key' });
+    }
+    // The first refusal leased the tenant 4 credits (4 requests of 1, no demand yet); every refused
+    // request's credit went back to that slice, so a request of 5 needs a new lease, sized by demand.
+    expect(r.outstanding().get('tenant:ns/acme')).toBe(4);
+    const d = await r.admit('ns/acme', null, 5);
+    expect(d.ok).toBe(true);
+    const { rows } = await pool.query<{ granted: number }>(
+      "SELECT sum(granted)::float8 AS granted FROM quota_leases WHERE subject_kind = 'tenant' AND subject_id = 'ns/acme'",
+    );
+    // No demand: 4 requests of 5 = 20 more. Had the refused requests counted: (1000 - 4) / 4 = 249 more.
+    expect(rows[0]!.granted).toBe(4 + 20);
+    expect(r.outstanding().get('tenant:ns/acme')).toBe(4 + 20 - 5);
+    expect(await balance()).toEqual({ used: 0, reserved: 24 });
+  });
+
   it('follows the tenant failure policy when Postgres cannot be reached for a lease', async () => {
     const open = replica();
     const closed = replica();
