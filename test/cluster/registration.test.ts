@@ -272,4 +272,65 @@ spec:
       return o.status?.usage?.requests === 15 && o.status.usage.creditsRemaining === 800;
     });
   });
+
+  it("rewrites a Tenant's status only when its usage changed, not on every usage read", async () => {
+    const today = new Date().toISOString().slice(0, 10);
+    await apply(`
+apiVersion: gpugate.io/v1alpha1
+kind: Tenant
+metadata: {name: steady}
+spec:
+  quota: {credits: 500, period: Monthly}
+`);
+    await pool.query(
+      `INSERT INTO usage_daily (tenant, day, key_id, backend, model, requests, input_tokens, output_tokens, credits, errors)
+       VALUES ($1, $2, 'k1', 'b', 'm1', 4, 40, 20, 12, 0)`,
+      [`${ns}/steady`, today],
+    );
+    interface Steady {
+      metadata: { resourceVersion: string };
+      status?: { keys?: number; conditions?: Condition[]; usage?: Record<string, unknown> };
+    }
+    const steady = () => getJson<Steady>(['get', 'tenant', 'steady', '-n', ns]);
+    const written = await waitUntil('Tenant steady Ready with its usage', async () => {
+      const o = await steady();
+      return condition(o, 'Ready')?.status === 'True' && o.status?.usage?.requests === 4 && o;
+    });
+    const tenantReads = async () => {
+      const text = await (await request(`${operator.url}/metrics`)).body.text();
+      const m = /^gpugate_operator_reconciles_total\{kind="Tenant",result="requeue"\} (\d+)$/m.exec(text);
+      return Number(m?.[1] ?? 0);
+    };
+    // Three Tenants, each read every 500 ms (--usage-interval-ms): 18 more reads that end in a requeue
+    // are about six reads of steady, every one with the same figures and a new updatedAt.
+    const from = await tenantReads();
+    const versions = new Set([written.metadata.resourceVersion]);
+    await waitUntil(
+      'six usage intervals',
+      async () => {
+        versions.add((await steady()).metadata.resourceVersion);
+        return (await tenantReads()) >= from + 18;
+      },
+      60_000,
+    );
+    const after = await steady();
+    versions.add(after.metadata.resourceVersion);
+    expect([...versions]).toEqual([written.metadata.resourceVersion]);
+    expect(after.status?.usage?.updatedAt).toBe(written.status?.usage?.updatedAt);
+
+    // A changed figure is written at the next read, with a new updatedAt.
+    await pool.query(
+      `UPDATE usage_daily SET requests = requests + 1, credits = credits + 3 WHERE tenant = $1 AND day = $2`,
+      [`${ns}/steady`, today],
+    );
+    const changed = await waitUntil('usage to follow the changed row', async () => {
+      const o = await steady();
+      return o.status?.usage?.requests === 5 && o;
+    });
+    expect(changed.status?.usage).toMatchObject({ creditsUsed: 15, creditsRemaining: 485 });
+    expect(changed.metadata.resourceVersion).not.toBe(written.metadata.resourceVersion);
+    expect(Date.parse(String(changed.status?.usage?.updatedAt))).toBeGreaterThan(
+      Date.parse(String(written.status?.usage?.updatedAt)),
+    );
+  });
 });

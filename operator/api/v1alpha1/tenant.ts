@@ -129,7 +129,8 @@ export const TenantStatus = Type.Object(
           ),
           updatedAt: Type.Optional(
             Type.String({
-              description: 'When these figures were read from the usage database.',
+              description:
+                'When these figures were read from the usage database. While they stay the same, it is rewritten at most every 5 minutes (not at every read), so the status is not written again for nothing.',
               format: 'date-time',
             }),
           ),
