@@ -126,6 +126,7 @@ async function sync(
   const dep = defaultedDeployment(obj);
   const conditions: ConditionInput[] = [];
   const now = ctx.now();
+  let tlsProblem: SidecarTlsProblem | undefined;
   if (dep) {
     if (childName(name).length > 63) {
       throw new TerminalError(
@@ -141,6 +142,7 @@ async function sync(
       blockOwnerDeletion: true,
     };
     const sidecarOn = dep.dataplane === 'sidecar' && sidecar !== null;
+    if (sidecarOn && dep.sidecarTLS) tlsProblem = sidecarTlsProblem(ctx.caches, namespace, dep.sidecarTLS);
     const path = childPaths(namespace, name);
     await applyChild(
       ctx,
@@ -183,6 +185,18 @@ async function sync(
     const p = problems[0]!;
     conditions.push(problemCondition('ResolvedRefs', p));
     conditions.push(problemCondition('Ready', p));
+  } else if (tlsProblem && ready === 0) {
+    conditions.push({ type: 'ResolvedRefs', status: 'False', ...tlsProblem });
+    conditions.push({ type: 'Ready', status: 'False', ...tlsProblem });
+  } else if (tlsProblem) {
+    // Pods started before the Secret went away keep serving; new ones cannot start.
+    conditions.push({ type: 'ResolvedRefs', status: 'False', ...tlsProblem });
+    conditions.push({
+      type: 'Ready',
+      status: 'True',
+      reason: 'EndpointsReady',
+      message: `${ready} of ${total} endpoints ready; new pods cannot start: ${tlsProblem.message}`,
+    });
   } else {
     conditions.push({
       type: 'ResolvedRefs',
@@ -226,6 +240,37 @@ async function sync(
   };
   await writeStatus(ctx.client, 'gpubackends', obj, status);
   return DONE;
+}
+
+type SidecarTlsProblem = { reason: 'SecretNotFound' | 'SecretKeyNotFound'; message: string };
+
+/** The Secret files the sidecar mounts from deployment.sidecarTLS (deploymentFor). */
+const SIDECAR_TLS_KEYS = ['tls.crt', 'tls.key'] as const;
+
+/**
+ * Why the sidecar's TLS Secret cannot be mounted, if it cannot: the kubelet refuses to start a pod whose
+ * Secret volume or one of its listed keys is missing, and the pod only shows it in its events. Names the
+ * Secret and the missing keys, never the Secret's data.
+ */
+function sidecarTlsProblem(
+  caches: Pick<Caches, 'secrets'>,
+  namespace: string,
+  tls: NonNullable<DeploymentSpec['sidecarTLS']>,
+): SidecarTlsProblem | undefined {
+  const id = `${namespace}/${tls.secretName}`;
+  const secret = caches.secrets.get(tls.secretName, namespace);
+  if (!secret) {
+    return {
+      reason: 'SecretNotFound',
+      message: `deployment.sidecarTLS: Secret ${id} not found; the sidecar mounts its tls.crt and tls.key, so pods cannot start until it exists (kubectl create secret tls ${tls.secretName} -n ${namespace} --cert=... --key=...)`,
+    };
+  }
+  const missing = SIDECAR_TLS_KEYS.filter((k) => !secret.data?.[k]);
+  if (missing.length === 0) return undefined;
+  return {
+    reason: 'SecretKeyNotFound',
+    message: `deployment.sidecarTLS: Secret ${id} has no ${missing.map((k) => JSON.stringify(k)).join(' and ')}; the sidecar mounts tls.crt and tls.key (a kubernetes.io/tls Secret has both), so pods cannot start until it does`,
+  };
 }
 
 /** Ready addresses of the backend Service's EndpointSlices, as model-server URLs. */

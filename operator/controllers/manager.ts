@@ -185,7 +185,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     const generatedFor = s.metadata?.labels?.['gpugate.io/apikey'];
     if (generatedFor) enqueue('ApiKey', namespace, generatedFor, 'status');
     for (const b of caches.gpuBackends.list(namespace)) {
-      const refs = [b.spec?.upstreamAuth?.secretRef?.name, b.spec?.registration?.secretRef?.name];
+      const refs = [
+        b.spec?.upstreamAuth?.secretRef?.name,
+        b.spec?.registration?.secretRef?.name,
+        b.spec?.deployment?.sidecarTLS?.secretName,
+      ];
       if (refs.includes(s.metadata?.name)) enqueue('GpuBackend', namespace, b.metadata.name);
     }
     schedule();

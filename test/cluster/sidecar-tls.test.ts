@@ -11,7 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startProcess, type Proc } from '../fixtures/processes.ts';
 import { kubectl, newNamespace, waitUntil } from './harness.ts';
-import { getJson, installCrds, operatorServiceAccount, startOperatorProcess } from './operator-helpers.ts';
+import type { Condition } from '../../operator/api/v1alpha1/common.ts';
+import {
+  condition,
+  getJson,
+  installCrds,
+  operatorServiceAccount,
+  startOperatorProcess,
+} from './operator-helpers.ts';
 
 const TOKEN = 'sidecar-tls-push-token';
 
@@ -29,6 +36,11 @@ interface DeploymentJson {
       };
     };
   };
+}
+
+interface BackendJson {
+  metadata: { generation: number };
+  status?: { conditions?: Condition[] };
 }
 
 describe('sidecar data plane with TLS', () => {
@@ -139,6 +151,73 @@ spec:
     } finally {
       await p.kill();
     }
+  });
+
+  it('a missing sidecarTLS Secret, or one without tls.key, is a condition on the GpuBackend that clears when the Secret is complete', async () => {
+    const backend = () => getJson<BackendJson>(['get', 'gpubackend', 'later', '-n', ns]);
+    await kubectl(['apply', '-n', ns, '-f', '-'], {
+      input: `
+apiVersion: gpugate.io/v1alpha1
+kind: GpuBackend
+metadata: {name: later}
+spec:
+  deployment:
+    image: vllm/vllm-openai:v0.11.0
+    dataplane: sidecar
+    sidecarTLS: {secretName: later-tls}
+`,
+    });
+    const missing = await waitUntil('ResolvedRefs=False SecretNotFound', async () => {
+      const o = await backend();
+      return condition(o, 'ResolvedRefs')?.reason === 'SecretNotFound' && o;
+    });
+    const refs = condition(missing, 'ResolvedRefs')!;
+    expect(refs).toMatchObject({ status: 'False', observedGeneration: missing.metadata.generation });
+    expect(refs.message).toContain(`deployment.sidecarTLS: Secret ${ns}/later-tls not found`);
+    // The Deployment is still applied: the pods start once the Secret is there.
+    await getJson(['get', 'deployment', 'later-gpugate', '-n', ns]);
+
+    // A Secret with the certificate only: the key is named as missing, and nothing of the Secret is shown.
+    await kubectl([
+      'create',
+      'secret',
+      'generic',
+      'later-tls',
+      '-n',
+      ns,
+      `--from-file=tls.crt=${join(dir, 'sidecar-server.crt')}`,
+    ]);
+    const partial = await waitUntil('ResolvedRefs=False SecretKeyNotFound', async () => {
+      const o = await backend();
+      return condition(o, 'ResolvedRefs')?.reason === 'SecretKeyNotFound' && o;
+    });
+    const keyMissing = condition(partial, 'ResolvedRefs')!;
+    expect(keyMissing.status).toBe('False');
+    expect(keyMissing.message).toContain(`Secret ${ns}/later-tls has no "tls.key"`);
+    expect(keyMissing.message).not.toContain('"tls.crt"');
+    const crtBase64 = Buffer.from(pair.cert).toString('base64');
+    for (const c of partial.status?.conditions ?? []) {
+      expect(c.message).not.toContain(crtBase64.slice(0, 40));
+      expect(c.message).not.toContain('BEGIN CERTIFICATE');
+    }
+
+    await kubectl(['delete', 'secret', 'later-tls', '-n', ns]);
+    await kubectl([
+      'create',
+      'secret',
+      'tls',
+      'later-tls',
+      '-n',
+      ns,
+      `--cert=${join(dir, 'sidecar-server.crt')}`,
+      `--key=${join(dir, 'sidecar-server.key')}`,
+    ]);
+    const resolved = await waitUntil('ResolvedRefs=True once the Secret is complete', async () => {
+      const o = await backend();
+      return condition(o, 'ResolvedRefs')?.status === 'True' && o;
+    });
+    expect(condition(resolved, 'ResolvedRefs')).toMatchObject({ reason: 'Resolved' });
+    expect(condition(resolved, 'Ready')?.message).not.toContain('sidecarTLS');
   });
 
   it('without sidecarTLS the sidecar gets no TLS mount or flags', async () => {
