@@ -19,6 +19,8 @@ const gb = (spec: Obj): Obj => ({ apiVersion: api, kind: 'GpuBackend', metadata:
 const tn = (spec: Obj): Obj => ({ apiVersion: api, kind: 'Tenant', metadata: { name: 'fixture' }, spec });
 const ak = (spec: Obj): Obj => ({ apiVersion: api, kind: 'ApiKey', metadata: { name: 'fixture' }, spec });
 const ep = [{ url: 'http://10.0.0.1:8000' }];
+const EXPIRY =
+  'must be a date and time with a time zone (RFC 3339), such as 2030-01-31T23:59:59Z or 2030-01-31T18:00:00-05:00,';
 const NOT_CHECKED =
   '<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation';
 
@@ -266,10 +268,26 @@ const MISTAKES: Mistake[] = [
   {
     mistake: 'expiry in words',
     object: ak({ tenant: 'acme', expiresAt: 'tomorrow' }),
-    messages: [
-      'spec.expiresAt: Invalid value: "tomorrow": spec.expiresAt in body must be of type date-time: "tomorrow"',
-      NOT_CHECKED,
-    ],
+    messages: [`spec.expiresAt: Invalid value: "tomorrow": ${EXPIRY} got 'tomorrow'`],
+    before: `spec.expiresAt in body must be of type date-time: "tomorrow"`,
+  },
+  {
+    mistake: 'expiry as a day without a time',
+    object: ak({ tenant: 'acme', expiresAt: '2030-01-31' }),
+    messages: [`spec.expiresAt: Invalid value: "2030-01-31": ${EXPIRY} got '2030-01-31'`],
+    before: `spec.expiresAt in body must be of type date-time: "2030-01-31"`,
+  },
+  {
+    mistake: 'expiry without a time zone',
+    object: ak({ tenant: 'acme', expiresAt: '2030-01-31T23:59:59' }),
+    messages: [`spec.expiresAt: Invalid value: "2030-01-31T23:59:59": ${EXPIRY} got '2030-01-31T23:59:59'`],
+    before: `spec.expiresAt in body must be of type date-time: "2030-01-31T23:59:59"`,
+  },
+  {
+    mistake: 'expiry on a day that does not exist',
+    object: ak({ tenant: 'acme', expiresAt: '2030-02-30T00:00:00Z' }),
+    messages: [`spec.expiresAt: Invalid value: "2030-02-30T00:00:00Z": ${EXPIRY} got '2030-02-30T00:00:00Z'`],
+    before: `spec.expiresAt in body must be of type date-time: "2030-02-30T00:00:00Z"`,
   },
   {
     mistake: 'a CIDR with a trailing space, and a /33',
@@ -373,10 +391,17 @@ describe('invalid CRs: the API server says what to fix', () => {
     for (const m of MISTAKES) expect(doc, m.mistake).toContain(docRow(m, m.messages));
   });
 
-  it('the fixes stay fixes: a bare client address and exact model names are accepted', async () => {
+  it('the fixes stay fixes: a bare client address, exact model names and RFC 3339 expiries are accepted', async () => {
     expect(
       await serverErrors(ns, ak({ tenant: 'acme', allowedCIDRs: ['10.0.0.1', '2001:db8::1', '10.0.0.0/8'] })),
     ).toEqual([]);
+    for (const expiresAt of [
+      '2030-01-31T23:59:59Z',
+      '2030-01-31T18:00:00-05:00',
+      '2030-01-31T23:59:59.250Z',
+    ]) {
+      expect(await serverErrors(ns, ak({ tenant: 'acme', expiresAt })), expiresAt).toEqual([]);
+    }
     expect(
       await serverErrors(
         ns,

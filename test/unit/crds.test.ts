@@ -2,10 +2,15 @@ import { mkdtempSync, readFileSync, readdirSync, writeFileSync, cpSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
+import Type from 'typebox';
+import { Value } from 'typebox/value';
 import { parse, parseAllDocuments } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { CRD_DIRS, findDrift, renderCrds } from '../../operator/api/v1alpha1/generate.ts';
 import { KINDS } from '../../operator/api/v1alpha1/index.ts';
+import { ApiKeySpec } from '../../operator/api/v1alpha1/apikey.ts';
+import { DateTime, FORMAT_MESSAGE } from '../../operator/api/v1alpha1/common.ts';
+import { toStructural } from '../../operator/api/v1alpha1/crd.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
 
@@ -93,6 +98,29 @@ describe('generated CRDs', () => {
     ]) {
       expect(all).toContain(needle);
     }
+  });
+});
+
+describe('formats with a message', () => {
+  it('become a rule of the CEL format library in the CRD, and TypeBox still checks them (standalone mode)', () => {
+    const node = toStructural(DateTime('When it ends.')) as Node;
+    expect(node.format).toBeUndefined();
+    expect(node[FORMAT_MESSAGE]).toBeUndefined();
+    expect(node['x-kubernetes-validations']).toEqual([
+      {
+        rule: '!format.datetime().validate(self).hasValue()',
+        messageExpression: expect.stringContaining('such as 2030-01-31T23:59:59Z'),
+      },
+    ]);
+    const spec = (expiresAt: string) => ({ tenant: 'acme', disabled: false, expiresAt });
+    expect(Value.Check(ApiKeySpec, spec('2030-01-31T18:00:00-05:00'))).toBe(true);
+    const errors = [...Value.Errors(ApiKeySpec, spec('tomorrow'))];
+    expect(errors.map((e) => e.instancePath)).toEqual(['/expiresAt']);
+  });
+
+  it('refuse a format the CEL format library has no name for here', () => {
+    const email = Type.String({ format: 'email', [FORMAT_MESSAGE]: "'must be an address'" });
+    expect(() => toStructural(email)).toThrow('format email has no CEL format library counterpart');
   });
 });
 

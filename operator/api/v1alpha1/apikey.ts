@@ -3,6 +3,7 @@
 import Type, { type Static } from 'typebox';
 import {
   Conditions,
+  DateTime,
   ModelNames,
   ObjectName,
   ObservedGeneration,
@@ -28,12 +29,7 @@ export const ApiKeySpec = Type.Object(
       ),
     ),
     description: Type.Optional(Type.String({ description: 'What the key is for.', maxLength: 1024 })),
-    expiresAt: Type.Optional(
-      Type.String({
-        description: 'After this time the key is refused (401, "expired").',
-        format: 'date-time',
-      }),
-    ),
+    expiresAt: Type.Optional(DateTime('After this time the key is refused (401, "expired").')),
     disabled: Type.Boolean({ description: 'Refuse the key (401, "disabled") while true.', default: false }),
     limits: Type.Optional(RateLimits('this key')),
     quota: Type.Optional(Quota('this key (within the tenant quota)')),

@@ -48,6 +48,24 @@ export const PATTERN_MESSAGE = 'x-gpugate-pattern-message';
 /** CEL for `'<self>'`, so leading and trailing spaces in a bad value are visible. */
 export const QUOTED_SELF = `"'" + self + "'"`;
 
+/**
+ * Marks a string schema's `format` as one the CRD states as a CEL rule with this message instead, as
+ * PATTERN_MESSAGE does for a pattern: the API server's own message for a format is only "must be of type
+ * date-time". The rule is Kubernetes' CEL format library (`format.datetime().validate(self)`), which checks
+ * what the `format` checked; the format stays for TypeBox (standalone mode). toStructural (crd.ts) makes it.
+ */
+export const FORMAT_MESSAGE = 'x-gpugate-format-message';
+
+/** A point in time (RFC 3339 with a time zone), with a refusal that shows the form and an example. */
+export function DateTime(description: string) {
+  return Type.String({
+    description: `${description} RFC 3339 with a time zone, e.g. 2030-01-31T23:59:59Z.`,
+    format: 'date-time',
+    [FORMAT_MESSAGE]: `'must be a date and time with a time zone (RFC 3339), such as 2030-01-31T23:59:59Z or 2030-01-31T18:00:00-05:00, got ' + ${QUOTED_SELF}`,
+    maxLength: 64,
+  });
+}
+
 export const DURATION_PATTERN = '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$';
 
 /** Go-style duration ("500ms", "30s", "5m", "1h30m"), the form CEL's duration() parses. */

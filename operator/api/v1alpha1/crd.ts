@@ -1,7 +1,10 @@
 // Turns a KindDefinition into a CustomResourceDefinition object (apiextensions.k8s.io/v1).
-import { GROUP, PATTERN_MESSAGE, VERSION, type KindDefinition } from './common.ts';
+import { FORMAT_MESSAGE, GROUP, PATTERN_MESSAGE, VERSION, type KindDefinition } from './common.ts';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** OpenAPI formats and the names Kubernetes' CEL format library (`format.<name>()`) gives them. */
+const CEL_FORMATS: Record<string, string> = { 'date-time': 'datetime' };
 
 /** TypeBox emits JSON Schema; keep only what a structural OpenAPI v3 CRD schema accepts. */
 export function toStructural(schema: unknown): Json {
@@ -11,7 +14,7 @@ export function toStructural(schema: unknown): Json {
     if (node === null || typeof node !== 'object') return node;
     const out: { [key: string]: Json } = {};
     for (const [key, value] of Object.entries(node)) {
-      if (key === '$id' || key === '$schema' || key === PATTERN_MESSAGE) continue;
+      if (key === '$id' || key === '$schema' || key === PATTERN_MESSAGE || key === FORMAT_MESSAGE) continue;
       if (key === 'additionalProperties' && value === false) continue;
       if (key === 'required' && Array.isArray(value) && value.length === 0) continue;
       out[key] = walk(value);
@@ -23,6 +26,16 @@ export function toStructural(schema: unknown): Json {
       const rule = { rule: `self.matches(r'${out.pattern}')`, messageExpression: message };
       const existing = Array.isArray(out['x-kubernetes-validations']) ? out['x-kubernetes-validations'] : [];
       delete out.pattern;
+      out['x-kubernetes-validations'] = [rule, ...existing];
+    }
+    const formatMessage = node[FORMAT_MESSAGE];
+    if (typeof formatMessage === 'string' && typeof out.format === 'string') {
+      // The format becomes a rule of Kubernetes' CEL format library with a message (common.ts FORMAT_MESSAGE).
+      const name = CEL_FORMATS[out.format];
+      if (!name) throw new Error(`format ${out.format} has no CEL format library counterpart here`);
+      const rule = { rule: `!format.${name}().validate(self).hasValue()`, messageExpression: formatMessage };
+      const existing = Array.isArray(out['x-kubernetes-validations']) ? out['x-kubernetes-validations'] : [];
+      delete out.format;
       out['x-kubernetes-validations'] = [rule, ...existing];
     }
     return out;
