@@ -2,8 +2,12 @@
 // afterwards only its prefix is ever shown. `key info` finds a key by its value (hash comparison)
 // or by a prefix, and never prints the value.
 import { randomBytes } from 'node:crypto';
+import type { TSchema } from 'typebox';
+import { Value } from 'typebox/value';
 import {
   API_VERSION,
+  ApiKeySpec,
+  DATE_TIME_FORM,
   GENERATED_SECRET_KEY,
   generatedSecretName,
   type ApiKey,
@@ -19,6 +23,8 @@ import { periodDays, quotaState, usageReport } from '../../dataplane/usage/queri
 import { checkName, formatCredits, notFound, table, usageError, type Command } from './command.ts';
 import { requireTenant, tenantId } from './tenant.ts';
 
+const EXPIRES_AT = (ApiKeySpec as unknown as { properties: Record<string, TSchema> }).properties.expiresAt!;
+
 const create: Command = {
   path: ['key', 'create'],
   summary: 'Create an ApiKey for a tenant and print the key once',
@@ -31,7 +37,7 @@ const create: Command = {
   optionHelp: [
     '--name NAME          the ApiKey name (default <tenant>-<random>)',
     '--description TEXT   what the key is for',
-    '--expires-at TIME    RFC 3339 time after which the key is refused, e.g. 2030-01-01T00:00:00Z',
+    '--expires-at TIME    RFC 3339 time with a time zone after which the key is refused, e.g. 2030-01-01T00:00:00Z',
   ],
   async run(ctx, [rawTenant], values) {
     const tenant = await requireTenant(ctx, rawTenant!);
@@ -43,13 +49,9 @@ const create: Command = {
         : `${tenant.metadata.name}-${randomBytes(3).toString('hex')}`,
     );
     const expiresAt = values['expires-at'];
-    if (
-      typeof expiresAt === 'string' &&
-      (!/^\d{4}-\d{2}-\d{2}T/.test(expiresAt) || Number.isNaN(Date.parse(expiresAt)))
-    ) {
-      throw usageError(
-        `--expires-at must be an RFC 3339 time such as 2030-01-01T00:00:00Z, got ${JSON.stringify(expiresAt)}`,
-      );
+    // The schema's own check: a value the CRD (or standalone mode) would refuse never gets this far.
+    if (typeof expiresAt === 'string' && !Value.Check(EXPIRES_AT, expiresAt)) {
+      throw usageError(`--expires-at must be ${DATE_TIME_FORM}, got ${JSON.stringify(expiresAt)}`);
     }
     const apiKey = {
       apiVersion: API_VERSION,

@@ -126,6 +126,16 @@ describe('gpugate CLI on a manifests folder', () => {
         '--period must be one of None, Daily, Monthly, got "weekly"',
       ],
       [['tenant', 'create', 'Bad_Name'], EXIT.usage, 'tenant name "Bad_Name" is not a valid name'],
+      [
+        ['key', 'create', 'research', '--expires-at', '2030-01-31T23:59:59'],
+        EXIT.usage,
+        '--expires-at must be a date and time with a time zone (RFC 3339), such as 2030-01-31T23:59:59Z or 2030-01-31T18:00:00-05:00, got "2030-01-31T23:59:59"',
+      ],
+      [
+        ['key', 'create', 'research', '--expires-at', '2030-02-30T00:00:00Z'],
+        EXIT.usage,
+        'got "2030-02-30T00:00:00Z"',
+      ],
       [['tenant', 'create', 'research'], EXIT.conflict, 'Tenant default/research already exists in'],
       [['tenant', 'info', 'nobody'], EXIT.notFound, 'tenant default/nobody not found in manifests'],
       [['key', 'create', 'nobody'], EXIT.notFound, 'tenant default/nobody not found'],

@@ -56,12 +56,16 @@ export const QUOTED_SELF = `"'" + self + "'"`;
  */
 export const FORMAT_MESSAGE = 'x-gpugate-format-message';
 
+/** What a DateTime accepts, in the words of its refusals (the CRD's and the CLI's). */
+export const DATE_TIME_FORM =
+  'a date and time with a time zone (RFC 3339), such as 2030-01-31T23:59:59Z or 2030-01-31T18:00:00-05:00';
+
 /** A point in time (RFC 3339 with a time zone), with a refusal that shows the form and an example. */
 export function DateTime(description: string) {
   return Type.String({
     description: `${description} RFC 3339 with a time zone, e.g. 2030-01-31T23:59:59Z.`,
     format: 'date-time',
-    [FORMAT_MESSAGE]: `'must be a date and time with a time zone (RFC 3339), such as 2030-01-31T23:59:59Z or 2030-01-31T18:00:00-05:00, got ' + ${QUOTED_SELF}`,
+    [FORMAT_MESSAGE]: `'must be ${DATE_TIME_FORM}, got ' + ${QUOTED_SELF}`,
     maxLength: 64,
   });
 }
