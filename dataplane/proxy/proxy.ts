@@ -47,7 +47,8 @@ export interface ProxyDeps {
   bodyReadTimeoutMs: number;
 }
 
-const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+/** The methods the proxy takes; the public port's front door hands others to Fastify. */
+export const PROXY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 const MAX_SUBMIT_RESPONSE_BYTES = 1 << 20;
 const MAX_HINTED_MODELS = 20;
 /** Abort reason for an attempt dropped because its status is retried elsewhere. */
@@ -490,7 +491,7 @@ class Exchange {
 }
 
 /** The proxy's request handling, bound to its dependencies once. */
-class Proxy {
+export class Proxy {
   readonly deps: ProxyDeps;
   readonly viaEntry: string;
   readonly viaMarker: string;
@@ -922,7 +923,7 @@ class Proxy {
     this.route(ex).catch((err: unknown) => this.internalError(ex, err));
   };
 
-  internalError(ex: Exchange, err: unknown): void {
+  internalError(ex: { res: ServerResponse; requestId: string; error?: string | null }, err: unknown): void {
     this.deps.logger.error({ err, requestId: ex.requestId }, 'proxy error');
     this.writeError(ex, gatewayError(500, 'internal_error', 'internal_error', 'internal error'), true);
   }
@@ -1111,8 +1112,11 @@ class Proxy {
   }
 }
 
-export function proxyPlugin(deps: ProxyDeps) {
-  const proxy = new Proxy(deps);
+/**
+ * The proxy's Fastify scope. The public port's front door (dataplane/http/front-door.ts) calls
+ * `proxy.serve` directly for nearly every request; this scope serves the ones it hands to Fastify.
+ */
+export function proxyPlugin(proxy: Proxy) {
   return async function proxyScope(app: FastifyInstance): Promise<void> {
     // The proxy takes the request over in onRequest (after the root scope's CORS hook), so Fastify
     // never parses a body here and its validation and pre-handler steps are skipped: every body stays
@@ -1121,7 +1125,7 @@ export function proxyPlugin(deps: ProxyDeps) {
       proxy.handle(request, reply);
       done();
     });
-    app.route({ method: METHODS, url: '/*', handler: proxy.handle });
-    app.route({ method: METHODS, url: '/', handler: proxy.handle });
+    app.route({ method: PROXY_METHODS, url: '/*', handler: proxy.handle });
+    app.route({ method: PROXY_METHODS, url: '/', handler: proxy.handle });
   };
 }
