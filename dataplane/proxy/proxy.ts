@@ -18,7 +18,7 @@ import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import { PUBLIC_TENANT, type UsageSink } from '../metering/usage.ts';
 import { servesOnlyAllowedModels, type CompiledBackend, type Runtime } from '../routing/runtime.ts';
-import type { RouteEntry } from '../routing/routes.ts';
+import type { RouteEntry, RouteMatch } from '../routing/routes.ts';
 import type { TaskStore } from '../metering/tasks.ts';
 import type { EndpointState } from '../upstream/endpoint.ts';
 import { recordOutcome, type OutlierOptions } from '../upstream/health.ts';
@@ -741,16 +741,15 @@ export class Proxy {
   }
 
   chooseBackend(
-    entries: readonly RouteEntry<CompiledBackend>[],
+    match: RouteMatch<CompiledBackend>,
     model: string | null,
     principal: Principal | null,
     rt: Runtime,
   ): RouteEntry<CompiledBackend> | GatewayError {
-    let serving: readonly RouteEntry<CompiledBackend>[] = entries;
+    let serving = match.usable;
     if (model !== null) {
       // Exact model names win over '*' backends; within each, the longest prefix (entries' order).
-      serving = entries.filter((e) => e.backend.models.has(model));
-      if (serving.length === 0) serving = entries.filter((e) => e.backend.anyModel);
+      serving = match.serving(model);
       if (serving.length === 0) {
         const models = modelsFor(rt, principal);
         const shown = models.slice(0, MAX_HINTED_MODELS).join(', ');
@@ -945,15 +944,15 @@ export class Proxy {
     const contentLength = cl === undefined ? -1 : Number(cl);
     const hasBody = contentLength > 0 || headers['transfer-encoding'] !== undefined;
 
-    let entries = rt.routes.match(path, method);
-    if (entries === null) {
+    const match = rt.routes.resolve(path, method);
+    if (match === null) {
       return this.writeError(
         ex,
         gatewayError(404, 'not_found_error', 'unknown_path', `no route for ${path}`),
         hasBody,
       );
     }
-    if (entries.length === 0) {
+    if (match.entries.length === 0) {
       return this.writeError(
         ex,
         gatewayError(
@@ -966,10 +965,8 @@ export class Proxy {
       );
     }
     // The longest matching prefix decides whether the request is public; a public request may only
-    // reach public routes.
-    const longest = (entries[0] as RouteEntry<CompiledBackend>).route.pathPrefix;
-    if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
-      entries = entries.filter((e) => e.route.public);
+    // reach public routes (match.usable).
+    if (match.isPublic) {
       ex.publicRoute = true;
     } else {
       const identify = ex.trace?.phase('identify');
@@ -1018,13 +1015,15 @@ export class Proxy {
     const unread = hasBody && buffered === null;
 
     let entry: RouteEntry<CompiledBackend> | GatewayError;
-    const task = rt.hasAsyncTasks ? await this.findTask(entries, path, ex.principal?.tenant.id ?? '') : null;
+    const task = rt.hasAsyncTasks
+      ? await this.findTask(match.usable, path, ex.principal?.tenant.id ?? '')
+      : null;
     if (task) {
       if ('status' in task) return this.writeError(ex, task, unread);
       entry = task.entry;
       ex.pinned = task.endpoint;
     } else {
-      entry = this.chooseBackend(entries, model, ex.principal, rt);
+      entry = this.chooseBackend(match, model, ex.principal, rt);
     }
     routing?.end();
     if ('status' in entry) return this.writeError(ex, entry, unread);
