@@ -60,6 +60,56 @@ function isJson(contentType: string | undefined): boolean {
   );
 }
 
+const BODY_READ = Symbol('bodyRead');
+type Reading = IncomingMessage & { [BODY_READ]?: BodyRead };
+
+/** A declared-length body being read: listeners are shared functions, the state hangs off the request. */
+class BodyRead {
+  readonly chunks: Buffer[] = [];
+  readonly length: number;
+  readonly timer: NodeJS.Timeout;
+  readonly #resolve: (read: Buffer | null | 'timeout') => void;
+  #settled = false;
+
+  constructor(
+    req: Reading,
+    length: number,
+    timeoutMs: number,
+    resolve: (read: Buffer | null | 'timeout') => void,
+  ) {
+    this.length = length;
+    this.#resolve = resolve;
+    this.timer = setTimeout(onBodyTimeout, timeoutMs, req);
+  }
+
+  settle(read: Buffer | null | 'timeout'): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.timer);
+    this.#resolve(read);
+  }
+}
+
+function onBodyData(this: Reading, chunk: Buffer): void {
+  this[BODY_READ]?.chunks.push(chunk);
+}
+
+function onBodyEnd(this: Reading): void {
+  const read = this[BODY_READ];
+  if (!read) return;
+  const { chunks } = read;
+  read.settle(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, read.length));
+}
+
+function onBodyGone(this: Reading): void {
+  this[BODY_READ]?.settle(null);
+}
+
+function onBodyTimeout(req: Reading): void {
+  req.removeAllListeners('data');
+  req[BODY_READ]?.settle('timeout');
+}
+
 /**
  * Reads a body whose length the client declared (Node enforces it), within timeoutMs. Null when the
  * client went away, 'timeout' when it did not finish sending in time.
@@ -70,22 +120,12 @@ function readDeclaredBody(
   timeoutMs: number,
 ): Promise<Buffer | null | 'timeout'> {
   return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      req.removeAllListeners('data');
-      resolve('timeout');
-    }, timeoutMs);
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.once('end', () => {
-      clearTimeout(timer);
-      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length));
-    });
-    const gone = () => {
-      clearTimeout(timer);
-      resolve(null);
-    };
-    req.once('error', gone);
-    req.once('aborted', gone);
+    const reading = req as Reading;
+    reading[BODY_READ] = new BodyRead(reading, length, timeoutMs, resolve);
+    req.on('data', onBodyData);
+    req.on('end', onBodyEnd);
+    req.on('error', onBodyGone);
+    req.on('aborted', onBodyGone);
   });
 }
 
@@ -121,6 +161,15 @@ export function modelsFor(rt: Runtime, principal: Principal | null): string[] {
     if (backends.some((b) => backendAllowed(principal, b.id))) out.push(model);
   }
   return out.sort();
+}
+
+const EXCHANGE = Symbol('exchange');
+type Answering = ServerResponse & { [EXCHANGE]?: Exchange };
+
+/** The response is done or the client went away: the request's accounting (one shared listener). */
+function onResponseClose(this: Answering): void {
+  const ex = this[EXCHANGE];
+  if (ex) ex.proxy.finish(ex);
 }
 
 /** One upstream attempt: the undici dispatch handler, forwarding events to its exchange. */
@@ -221,6 +270,8 @@ class Exchange {
   /** The code of the error the gateway answered with, if it did. */
   error: string | null = null;
   upstreamStatus: number | undefined = undefined;
+  /** Response body bytes still to come when the upstream declared its length (-1: not known or filtered). */
+  bodyLeft = -1;
   #waitingDrain = false;
 
   constructor(proxy: Proxy, requestId: string, rt: Runtime, req: IncomingMessage, res: ServerResponse) {
@@ -363,6 +414,10 @@ class Exchange {
       this.proxy.responseHeaders(headers, this.requestId, this.rt, cb, this.admitted),
     );
     this.headersSent = true;
+    const length = headers['content-length'];
+    // undici's parser holds the body to this length, so the chunk that reaches it is the last one.
+    if (typeof length === 'string' && this.sseFilter === null && this.method !== 'HEAD')
+      this.bodyLeft = Number(length);
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
@@ -387,6 +442,15 @@ class Exchange {
       out = this.sseFilter.push(chunk);
       if (out.length === 0) return;
     }
+    if (this.bodyLeft > 0) {
+      this.bodyLeft -= out.length;
+      // The whole body is here: one end(chunk), which Node sends with its finish in one step,
+      // instead of write(chunk) and an end() that sends and schedules again.
+      if (this.bodyLeft === 0) {
+        this.res.end(out);
+        return;
+      }
+    }
     if (!this.res.write(out) && !this.#waitingDrain) {
       // The client reads slower than the upstream sends: stop reading the upstream until it drains.
       this.#waitingDrain = true;
@@ -406,6 +470,7 @@ class Exchange {
       void this.finishSubmit();
       return;
     }
+    if (this.res.writableEnded) return; // the last chunk ended it
     const rest = this.sseFilter?.flush();
     if (rest) this.res.end(rest);
     else this.res.end();
@@ -918,7 +983,8 @@ export class Proxy {
     const ex = new Exchange(this, requestId, rt, req, res);
     const tracing = this.deps.tracing;
     if (tracing) ex.trace = tracing.start(req.headers, req.method ?? 'GET', req.url ?? '/', requestId);
-    res.once('close', () => this.finish(ex));
+    (res as Answering)[EXCHANGE] = ex;
+    res.on('close', onResponseClose);
     this.route(ex).catch((err: unknown) => this.internalError(ex, err));
   };
 
