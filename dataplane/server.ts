@@ -222,9 +222,9 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     genReqId: requestIdOf,
     exposeHeadRoutes: false,
     return503OnClosing: true,
-    // The front door in front of Fastify's handler, on the server Fastify would have made: Long SSE
-    // streams and large uploads, so no request timeout (the per-backend total timeout bounds
-    // requests instead); https.createServer takes the same listener options as http.createServer.
+    // The server Fastify would have made, with the front door in front of Fastify's handler. No
+    // request timeout: long SSE streams and large uploads are bounded by the per-backend total
+    // timeout instead. https.createServer takes the same listener options as http.createServer.
     serverFactory: (fastifyHandler) => {
       const handler = frontDoor(fastifyHandler, fastifyRoutes, {
         proxyMethods: PROXY_METHODS,

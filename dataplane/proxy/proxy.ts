@@ -1,8 +1,10 @@
-// The proxy scope: one catch-all route on the public port. Bodies arrive as raw streams (no
-// content-type parsing here); small JSON bodies are buffered to read their `model` and can then be
-// replayed for retries, everything else streams untouched in both directions.
+// The proxy: every request on the public port that is not one of Fastify's own. The port's front
+// door (dataplane/http/front-door.ts) calls `serve` directly; what it hands to Fastify reaches the
+// same `serve` through this file's catch-all scope. Bodies arrive as raw streams (no content-type
+// parsing); small JSON bodies are buffered to read their `model` and can then be replayed for
+// retries, everything else streams untouched in both directions.
 //
-// The handler hijacks the reply and forwards with undici's dispatch API straight into the Node
+// Forwarding uses undici's dispatch API straight into the Node response with undici's dispatch API straight into the Node
 // response: response headers are written when the upstream's arrive, every body chunk is written as
 // it arrives (SSE passes through chunk by chunk) with backpressure from the client pausing the
 // upstream. This avoids an intermediate Readable and Fastify's stream piping on the hot path.
