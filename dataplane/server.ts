@@ -1,8 +1,9 @@
 // createDataPlane: the public proxy port and the admin port, around one atomically swapped runtime.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
 import Fastify, { type FastifyError } from 'fastify';
 import { pino, type Logger } from 'pino';
@@ -19,11 +20,11 @@ import { Tracing, type TracingOptions } from './observability/tracing.ts';
 import { Admission } from './admission/admission.ts';
 import type { JwksOptions } from './auth/jwt.ts';
 import { corsHook } from './http/cors.ts';
+import { FastifyRoutes, frontDoor, requestIdOf } from './http/front-door.ts';
 import type { QuotaManager } from './metering/quota.ts';
 import { errorBody, gatewayError } from './errors.ts';
 import { countUsage, createMetrics, type EndpointHealth } from './metrics/metrics.ts';
-import { saneRequestId } from './proxy/headers.ts';
-import { proxyPlugin } from './proxy/proxy.ts';
+import { Proxy, PROXY_METHODS, proxyPlugin } from './proxy/proxy.ts';
 import { Runtime } from './routing/runtime.ts';
 import type { TaskStore } from './metering/tasks.ts';
 import { MemoryTaskStore } from './tasks/store.ts';
@@ -196,29 +197,63 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     connectionsCheckingInterval: Math.max(100, Math.min(5_000, headersTimeoutMs / 4)),
   };
 
+  const proxyHandler = new Proxy({
+    current: () => current,
+    instanceId,
+    version: GPUGATE_VERSION,
+    logger,
+    metrics,
+    usageSink,
+    taskStore: opts.taskStore ?? new MemoryTaskStore(),
+    outlier,
+    panicThresholdPercent: opts.panicThresholdPercent ?? 0,
+    accessLog,
+    tracing,
+    bodyReadTimeoutMs: opts.bodyReadTimeoutMs ?? 30_000,
+  });
+  // Fastify's own routes on this port (not the proxy's catch-all), which the front door hands to it.
+  const fastifyRoutes = new FastifyRoutes();
+  let collectingRoutes = true;
+
   // No Fastify logger on either port: it would create a child logger per request. The request path
   // logs through `logger` itself, once per event that matters.
   const proxy = Fastify({
     requestIdHeader: false,
-    genReqId: (req) => saneRequestId(req.headers['x-request-id']) ?? randomUUID(),
+    genReqId: requestIdOf,
     exposeHeadRoutes: false,
-    // Long SSE streams and large uploads: the per-backend total timeout bounds requests instead.
-    requestTimeout: 0,
-    keepAliveTimeout: 65_000,
     return503OnClosing: true,
-    // https.createServer takes the same listener options as http.createServer, plus the pair.
-    ...(tlsPair
-      ? {
-          https: {
-            cert: tlsPair.cert,
-            key: tlsPair.key,
-            ...listenerOptions,
-            // A TLS handshake is a slow client's first chance: bound it like the headers (Node's default
-            // is 120 s, and headersTimeout only starts once the handshake is done).
-            handshakeTimeout: headersTimeoutMs,
-          },
-        }
-      : { http: listenerOptions }),
+    // The server Fastify would have made, with the front door in front of Fastify's handler. No
+    // request timeout: long SSE streams and large uploads are bounded by the per-backend total
+    // timeout instead. https.createServer takes the same listener options as http.createServer.
+    serverFactory: (fastifyHandler) => {
+      const handler = frontDoor(fastifyHandler, fastifyRoutes, {
+        proxyMethods: PROXY_METHODS,
+        serve: proxyHandler.serve,
+        failed: (_req, res, requestId, err) => proxyHandler.internalError({ res, requestId }, err),
+        cors: () => current?.admission.cors ?? null,
+        closing: () => draining,
+      });
+      const server = tlsPair
+        ? createHttpsServer(
+            {
+              cert: tlsPair.cert,
+              key: tlsPair.key,
+              ...listenerOptions,
+              // A TLS handshake is a slow client's first chance: bound it like the headers (Node's
+              // default is 120 s, and headersTimeout only starts once the handshake is done).
+              handshakeTimeout: headersTimeoutMs,
+            },
+            handler,
+          )
+        : createHttpServer(listenerOptions, handler);
+      server.keepAliveTimeout = 65_000;
+      server.requestTimeout = 0;
+      server.setTimeout(0);
+      return server;
+    },
+  });
+  proxy.addHook('onRoute', (route) => {
+    if (collectingRoutes) fastifyRoutes.add(route.method, route.url);
   });
   proxy.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
@@ -259,22 +294,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     'onRequest',
     corsHook(() => current?.admission.cors ?? null, GPUGATE_VERSION),
   );
-  await proxy.register(
-    proxyPlugin({
-      current: () => current,
-      instanceId,
-      version: GPUGATE_VERSION,
-      logger,
-      metrics,
-      usageSink,
-      taskStore: opts.taskStore ?? new MemoryTaskStore(),
-      outlier,
-      panicThresholdPercent: opts.panicThresholdPercent ?? 0,
-      accessLog,
-      tracing,
-      bodyReadTimeoutMs: opts.bodyReadTimeoutMs ?? 30_000,
-    }),
-  );
+  collectingRoutes = false;
+  await proxy.register(proxyPlugin(proxyHandler));
 
   const admin = Fastify({
     bodyLimit: 256 * 1024 * 1024,

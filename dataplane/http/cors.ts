@@ -60,7 +60,7 @@ function originValue(c: CompiledCors, origin: string): string {
 export type PreflightAnswer =
   { status: 204; headers: Record<string, string> } | { status: 403; reason: string };
 
-function isPreflight(req: IncomingMessage): boolean {
+export function isPreflight(req: IncomingMessage): boolean {
   return (
     req.method === 'OPTIONS' &&
     typeof req.headers.origin === 'string' &&
@@ -103,7 +103,7 @@ export function answerPreflight(c: CompiledCors, req: IncomingMessage): Prefligh
 }
 
 /** For a non-preflight request from an allowed origin: the CORS headers its response carries. */
-function stampCors(c: CompiledCors, req: IncomingMessage, res: ServerResponse): void {
+export function stampCors(c: CompiledCors, req: IncomingMessage, res: ServerResponse): void {
   const origin = req.headers.origin;
   if (typeof origin !== 'string' || !allowedOrigin(c, origin)) return;
   res.setHeader('access-control-allow-origin', originValue(c, origin));

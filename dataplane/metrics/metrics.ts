@@ -2,8 +2,9 @@
 // gpugate_<subsystem>_<name>_<unit>; labels are bounded (backend ids, status class, result),
 // never raw paths, keys or user ids. Children are looked up through small caches so the request
 // path does not build label strings.
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { UsageEvent, UsageSink } from '../metering/usage.ts';
+import { TallyHistogram, type HistogramChild } from './histogram.ts';
 
 export type CodeClass = '2xx' | '3xx' | '4xx' | '5xx';
 
@@ -55,7 +56,7 @@ class Tally<L extends string> {
 
 export interface RequestMetricChildren {
   byClass: Record<CodeClass, CounterChild>;
-  duration: Histogram.Internal<'backend'>;
+  duration: HistogramChild;
 }
 
 export interface DataPlaneMetrics {
@@ -117,7 +118,7 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
       requestTally.flush(this);
     },
   });
-  const duration = new Histogram({
+  const duration = new TallyHistogram({
     name: 'gpugate_proxy_request_duration_seconds',
     help: 'Time from request arrival to the end of the response',
     labelNames: ['backend'] as const,
@@ -240,7 +241,7 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
         '4xx': requestTally.child(`${backend}\n4xx`, { backend, code_class: '4xx' }),
         '5xx': requestTally.child(`${backend}\n5xx`, { backend, code_class: '5xx' }),
       },
-      duration: duration.labels(backend),
+      duration: duration.child(backend, { backend }),
     })),
     upstreamErrors: (backend, kind) => upstreamErrors.labels(backend, kind),
     retries: cached((b) => retries.labels(b)),
@@ -253,6 +254,12 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
     snapshotInfo,
     snapshotAgeSeconds,
   };
+}
+
+/** The usage counters of one tenant and backend, by route and by model label. */
+interface UsageSlot {
+  byRoute: Map<string, Record<CodeClass, CounterChild>>;
+  byModel: Map<string, { input: CounterChild; output: CounterChild; credits: CounterChild }>;
 }
 
 /** Distinct model label values kept per process; later ones are counted as "other" (clients choose models). */
@@ -294,14 +301,14 @@ export function countUsage(registry: Registry, next: UsageSink | null): UsageSin
       creditTally.flush(this);
     },
   });
-  const ttfb = new Histogram({
+  const ttfb = new TallyHistogram({
     name: 'gpugate_proxy_time_to_first_byte_seconds',
     help: 'Time from request arrival to the first response byte from the upstream (time to first token when streaming)',
     labelNames: ['backend'] as const,
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [registry],
   });
-  const ttfbChild = cached((backend) => ttfb.labels(backend));
+  const ttfbChild = cached((backend) => ttfb.child(backend, { backend }));
   const models = new Set<string>();
   const modelLabel = (model: string | null): string => {
     if (model === null) return '';
@@ -311,23 +318,54 @@ export function countUsage(registry: Registry, next: UsageSink | null): UsageSin
     return model;
   };
   // Keys join label values with '\n'; the only client-chosen value (the model) comes last, so two
-  // label sets never share a key.
+  // label sets never share a key. They are built once per label set: an event finds its children
+  // through maps keyed by the values themselves.
+  const slots = new Map<string, Map<string, UsageSlot>>();
+  const slotOf = (tenant: string, backend: string): UsageSlot => {
+    let byBackend = slots.get(tenant);
+    if (byBackend === undefined) slots.set(tenant, (byBackend = new Map()));
+    let slot = byBackend.get(backend);
+    if (slot === undefined) byBackend.set(backend, (slot = { byRoute: new Map(), byModel: new Map() }));
+    return slot;
+  };
+  const requestsOf = (slot: UsageSlot, tenant: string, backend: string, route: string) => {
+    let byClass = slot.byRoute.get(route);
+    if (byClass === undefined) {
+      const child = (code: CodeClass) =>
+        requestTally.child(`${tenant}\n${backend}\n${code}\n${route}`, {
+          tenant,
+          backend,
+          route,
+          code_class: code,
+        });
+      byClass = { '2xx': child('2xx'), '3xx': child('3xx'), '4xx': child('4xx'), '5xx': child('5xx') };
+      slot.byRoute.set(route, byClass);
+    }
+    return byClass;
+  };
+  const modelChildrenOf = (slot: UsageSlot, tenant: string, backend: string, model: string) => {
+    let children = slot.byModel.get(model);
+    if (children === undefined) {
+      const key = `${tenant}\n${backend}\n${model}`;
+      children = {
+        input: tokenTally.child(`input\n${key}`, { tenant, backend, model, kind: 'input' }),
+        output: tokenTally.child(`output\n${key}`, { tenant, backend, model, kind: 'output' }),
+        credits: creditTally.child(key, { tenant, backend, model }),
+      };
+      slot.byModel.set(model, children);
+    }
+    return children;
+  };
   const count = (e: UsageEvent): void => {
     const { tenant } = e;
     const backend = e.backend ?? '';
-    const route = e.route ?? '';
-    const code = codeClass(e.status);
-    requestTally
-      .child(`${tenant}\n${backend}\n${code}\n${route}`, { tenant, backend, route, code_class: code })
-      .inc();
+    const slot = slotOf(tenant, backend);
+    requestsOf(slot, tenant, backend, e.route ?? '')[codeClass(e.status)].inc();
     if (e.inputTokens > 0 || e.outputTokens > 0 || e.credits > 0) {
-      const model = modelLabel(e.model);
-      const key = `${tenant}\n${backend}\n${model}`;
-      if (e.inputTokens > 0)
-        tokenTally.child(`input\n${key}`, { tenant, backend, model, kind: 'input' }).inc(e.inputTokens);
-      if (e.outputTokens > 0)
-        tokenTally.child(`output\n${key}`, { tenant, backend, model, kind: 'output' }).inc(e.outputTokens);
-      if (e.credits > 0) creditTally.child(key, { tenant, backend, model }).inc(e.credits);
+      const children = modelChildrenOf(slot, tenant, backend, modelLabel(e.model));
+      if (e.inputTokens > 0) children.input.inc(e.inputTokens);
+      if (e.outputTokens > 0) children.output.inc(e.outputTokens);
+      if (e.credits > 0) children.credits.inc(e.credits);
     }
     if (e.ttfbMs !== null) ttfbChild(backend).observe(e.ttfbMs / 1000);
   };

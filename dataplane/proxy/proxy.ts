@@ -1,8 +1,10 @@
-// The proxy scope: one catch-all route on the public port. Bodies arrive as raw streams (no
-// content-type parsing here); small JSON bodies are buffered to read their `model` and can then be
-// replayed for retries, everything else streams untouched in both directions.
+// The proxy: every request on the public port that is not one of Fastify's own. The port's front
+// door (dataplane/http/front-door.ts) calls `serve` directly; what it hands to Fastify reaches the
+// same `serve` through this file's catch-all scope. Bodies arrive as raw streams (no content-type
+// parsing); small JSON bodies are buffered to read their `model` and can then be replayed for
+// retries, everything else streams untouched in both directions.
 //
-// The handler hijacks the reply and forwards with undici's dispatch API straight into the Node
+// Forwarding uses undici's dispatch API straight into the Node response with undici's dispatch API straight into the Node
 // response: response headers are written when the upstream's arrive, every body chunk is written as
 // it arrives (SSE passes through chunk by chunk) with backpressure from the client pausing the
 // upstream. This avoids an intermediate Readable and Fastify's stream piping on the hot path.
@@ -18,7 +20,7 @@ import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import { PUBLIC_TENANT, type UsageSink } from '../metering/usage.ts';
 import { servesOnlyAllowedModels, type CompiledBackend, type Runtime } from '../routing/runtime.ts';
-import type { RouteEntry } from '../routing/routes.ts';
+import type { RouteEntry, RouteMatch } from '../routing/routes.ts';
 import type { TaskStore } from '../metering/tasks.ts';
 import type { EndpointState } from '../upstream/endpoint.ts';
 import { recordOutcome, type OutlierOptions } from '../upstream/health.ts';
@@ -47,7 +49,8 @@ export interface ProxyDeps {
   bodyReadTimeoutMs: number;
 }
 
-const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+/** The methods the proxy takes; the public port's front door hands others to Fastify. */
+export const PROXY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 const MAX_SUBMIT_RESPONSE_BYTES = 1 << 20;
 const MAX_HINTED_MODELS = 20;
 /** Abort reason for an attempt dropped because its status is retried elsewhere. */
@@ -57,6 +60,56 @@ function isJson(contentType: string | undefined): boolean {
   return (
     contentType !== undefined && (contentType.startsWith('application/json') || contentType.includes('+json'))
   );
+}
+
+const BODY_READ = Symbol('bodyRead');
+type Reading = IncomingMessage & { [BODY_READ]?: BodyRead };
+
+/** A declared-length body being read: listeners are shared functions, the state hangs off the request. */
+class BodyRead {
+  readonly chunks: Buffer[] = [];
+  readonly length: number;
+  readonly timer: NodeJS.Timeout;
+  readonly #resolve: (read: Buffer | null | 'timeout') => void;
+  #settled = false;
+
+  constructor(
+    req: Reading,
+    length: number,
+    timeoutMs: number,
+    resolve: (read: Buffer | null | 'timeout') => void,
+  ) {
+    this.length = length;
+    this.#resolve = resolve;
+    this.timer = setTimeout(onBodyTimeout, timeoutMs, req);
+  }
+
+  settle(read: Buffer | null | 'timeout'): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    clearTimeout(this.timer);
+    this.#resolve(read);
+  }
+}
+
+function onBodyData(this: Reading, chunk: Buffer): void {
+  this[BODY_READ]?.chunks.push(chunk);
+}
+
+function onBodyEnd(this: Reading): void {
+  const read = this[BODY_READ];
+  if (!read) return;
+  const { chunks } = read;
+  read.settle(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, read.length));
+}
+
+function onBodyGone(this: Reading): void {
+  this[BODY_READ]?.settle(null);
+}
+
+function onBodyTimeout(req: Reading): void {
+  req.removeAllListeners('data');
+  req[BODY_READ]?.settle('timeout');
 }
 
 /**
@@ -69,22 +122,12 @@ function readDeclaredBody(
   timeoutMs: number,
 ): Promise<Buffer | null | 'timeout'> {
   return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      req.removeAllListeners('data');
-      resolve('timeout');
-    }, timeoutMs);
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.once('end', () => {
-      clearTimeout(timer);
-      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, length));
-    });
-    const gone = () => {
-      clearTimeout(timer);
-      resolve(null);
-    };
-    req.once('error', gone);
-    req.once('aborted', gone);
+    const reading = req as Reading;
+    reading[BODY_READ] = new BodyRead(reading, length, timeoutMs, resolve);
+    req.on('data', onBodyData);
+    req.on('end', onBodyEnd);
+    req.on('error', onBodyGone);
+    req.on('aborted', onBodyGone);
   });
 }
 
@@ -120,6 +163,15 @@ export function modelsFor(rt: Runtime, principal: Principal | null): string[] {
     if (backends.some((b) => backendAllowed(principal, b.id))) out.push(model);
   }
   return out.sort();
+}
+
+const EXCHANGE = Symbol('exchange');
+type Answering = ServerResponse & { [EXCHANGE]?: Exchange };
+
+/** The response is done or the client went away: the request's accounting (one shared listener). */
+function onResponseClose(this: Answering): void {
+  const ex = this[EXCHANGE];
+  if (ex) ex.proxy.finish(ex);
 }
 
 /** One upstream attempt: the undici dispatch handler, forwarding events to its exchange. */
@@ -220,6 +272,8 @@ class Exchange {
   /** The code of the error the gateway answered with, if it did. */
   error: string | null = null;
   upstreamStatus: number | undefined = undefined;
+  /** Response body bytes still to come when the upstream declared its length (-1: not known or filtered). */
+  bodyLeft = -1;
   #waitingDrain = false;
 
   constructor(proxy: Proxy, requestId: string, rt: Runtime, req: IncomingMessage, res: ServerResponse) {
@@ -362,6 +416,10 @@ class Exchange {
       this.proxy.responseHeaders(headers, this.requestId, this.rt, cb, this.admitted),
     );
     this.headersSent = true;
+    const length = headers['content-length'];
+    // undici's parser holds the body to this length, so the chunk that reaches it is the last one.
+    if (typeof length === 'string' && this.sseFilter === null && this.method !== 'HEAD')
+      this.bodyLeft = Number(length);
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
@@ -386,6 +444,15 @@ class Exchange {
       out = this.sseFilter.push(chunk);
       if (out.length === 0) return;
     }
+    if (this.bodyLeft > 0) {
+      this.bodyLeft -= out.length;
+      // The whole body is here: one end(chunk), which Node sends with its finish in one step,
+      // instead of write(chunk) and an end() that sends and schedules again.
+      if (this.bodyLeft === 0) {
+        this.res.end(out);
+        return;
+      }
+    }
     if (!this.res.write(out) && !this.#waitingDrain) {
       // The client reads slower than the upstream sends: stop reading the upstream until it drains.
       this.#waitingDrain = true;
@@ -405,6 +472,7 @@ class Exchange {
       void this.finishSubmit();
       return;
     }
+    if (this.res.writableEnded) return; // the last chunk ended it
     const rest = this.sseFilter?.flush();
     if (rest) this.res.end(rest);
     else this.res.end();
@@ -490,7 +558,7 @@ class Exchange {
 }
 
 /** The proxy's request handling, bound to its dependencies once. */
-class Proxy {
+export class Proxy {
   readonly deps: ProxyDeps;
   readonly viaEntry: string;
   readonly viaMarker: string;
@@ -740,16 +808,15 @@ class Proxy {
   }
 
   chooseBackend(
-    entries: readonly RouteEntry<CompiledBackend>[],
+    match: RouteMatch<CompiledBackend>,
     model: string | null,
     principal: Principal | null,
     rt: Runtime,
   ): RouteEntry<CompiledBackend> | GatewayError {
-    let serving: readonly RouteEntry<CompiledBackend>[] = entries;
+    let serving = match.usable;
     if (model !== null) {
       // Exact model names win over '*' backends; within each, the longest prefix (entries' order).
-      serving = entries.filter((e) => e.backend.models.has(model));
-      if (serving.length === 0) serving = entries.filter((e) => e.backend.anyModel);
+      serving = match.serving(model);
       if (serving.length === 0) {
         const models = modelsFor(rt, principal);
         const shown = models.slice(0, MAX_HINTED_MODELS).join(', ');
@@ -918,11 +985,12 @@ class Proxy {
     const ex = new Exchange(this, requestId, rt, req, res);
     const tracing = this.deps.tracing;
     if (tracing) ex.trace = tracing.start(req.headers, req.method ?? 'GET', req.url ?? '/', requestId);
-    res.once('close', () => this.finish(ex));
+    (res as Answering)[EXCHANGE] = ex;
+    res.on('close', onResponseClose);
     this.route(ex).catch((err: unknown) => this.internalError(ex, err));
   };
 
-  internalError(ex: Exchange, err: unknown): void {
+  internalError(ex: { res: ServerResponse; requestId: string; error?: string | null }, err: unknown): void {
     this.deps.logger.error({ err, requestId: ex.requestId }, 'proxy error');
     this.writeError(ex, gatewayError(500, 'internal_error', 'internal_error', 'internal error'), true);
   }
@@ -944,15 +1012,15 @@ class Proxy {
     const contentLength = cl === undefined ? -1 : Number(cl);
     const hasBody = contentLength > 0 || headers['transfer-encoding'] !== undefined;
 
-    let entries = rt.routes.match(path, method);
-    if (entries === null) {
+    const match = rt.routes.resolve(path, method);
+    if (match === null) {
       return this.writeError(
         ex,
         gatewayError(404, 'not_found_error', 'unknown_path', `no route for ${path}`),
         hasBody,
       );
     }
-    if (entries.length === 0) {
+    if (match.entries.length === 0) {
       return this.writeError(
         ex,
         gatewayError(
@@ -965,10 +1033,8 @@ class Proxy {
       );
     }
     // The longest matching prefix decides whether the request is public; a public request may only
-    // reach public routes.
-    const longest = (entries[0] as RouteEntry<CompiledBackend>).route.pathPrefix;
-    if (entries.every((e) => e.route.pathPrefix !== longest || e.route.public)) {
-      entries = entries.filter((e) => e.route.public);
+    // reach public routes (match.usable).
+    if (match.isPublic) {
       ex.publicRoute = true;
     } else {
       const identify = ex.trace?.phase('identify');
@@ -1017,13 +1083,15 @@ class Proxy {
     const unread = hasBody && buffered === null;
 
     let entry: RouteEntry<CompiledBackend> | GatewayError;
-    const task = rt.hasAsyncTasks ? await this.findTask(entries, path, ex.principal?.tenant.id ?? '') : null;
+    const task = rt.hasAsyncTasks
+      ? await this.findTask(match.usable, path, ex.principal?.tenant.id ?? '')
+      : null;
     if (task) {
       if ('status' in task) return this.writeError(ex, task, unread);
       entry = task.entry;
       ex.pinned = task.endpoint;
     } else {
-      entry = this.chooseBackend(entries, model, ex.principal, rt);
+      entry = this.chooseBackend(match, model, ex.principal, rt);
     }
     routing?.end();
     if ('status' in entry) return this.writeError(ex, entry, unread);
@@ -1111,8 +1179,11 @@ class Proxy {
   }
 }
 
-export function proxyPlugin(deps: ProxyDeps) {
-  const proxy = new Proxy(deps);
+/**
+ * The proxy's Fastify scope. The public port's front door (dataplane/http/front-door.ts) calls
+ * `proxy.serve` directly for nearly every request; this scope serves the ones it hands to Fastify.
+ */
+export function proxyPlugin(proxy: Proxy) {
   return async function proxyScope(app: FastifyInstance): Promise<void> {
     // The proxy takes the request over in onRequest (after the root scope's CORS hook), so Fastify
     // never parses a body here and its validation and pre-handler steps are skipped: every body stays
@@ -1121,7 +1192,7 @@ export function proxyPlugin(deps: ProxyDeps) {
       proxy.handle(request, reply);
       done();
     });
-    app.route({ method: METHODS, url: '/*', handler: proxy.handle });
-    app.route({ method: METHODS, url: '/', handler: proxy.handle });
+    app.route({ method: PROXY_METHODS, url: '/*', handler: proxy.handle });
+    app.route({ method: PROXY_METHODS, url: '/', handler: proxy.handle });
   };
 }

@@ -96,15 +96,87 @@ export class UsageTap {
   usage(): TokenUsage | null {
     if (this.#mode === 'none' || this.#overflow || this.#chunks.length === 0) return null;
     const chunks = this.#chunks;
-    const text = (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8');
+    const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
     if (this.#mode === 'json') {
+      const trailing = trailingUsage(body);
+      if (trailing !== undefined) return trailing;
       try {
-        return usageOf(JSON.parse(text));
+        return usageOf(JSON.parse(body.toString('utf8')));
       } catch {
         return null;
       }
     }
-    return sseUsage(text);
+    return sseUsage(body.toString('utf8'));
+  }
+}
+
+const USAGE_KEY = Buffer.from('"usage"');
+
+function skipSpace(b: Buffer, i: number): number {
+  while (i < b.length) {
+    const c = b[i] as number;
+    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
+    i++;
+  }
+  return i;
+}
+
+/** The index just past the JSON object starting at `start` ('{'), or -1 when it does not close. */
+function objectEnd(b: Buffer, start: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = start; i < b.length; i++) {
+    const c = b[i] as number;
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) {
+      if (--depth === 0) return i + 1;
+    }
+  }
+  return -1;
+}
+
+/**
+ * The top-level usage of a JSON response body without parsing the whole body (which grows with the
+ * generated text): the last `"usage"` key, its object, and what follows it are parsed, and only when
+ * what follows closes the outermost object (`}`, or `, members }`) is that key top-level. Undefined
+ * when this cannot tell (no such key, a nested or odd one, anything malformed): the caller parses the
+ * whole body. For a well-formed body the answer is the whole parse's; a body malformed before its
+ * well-formed trailing usage gets that usage rather than none.
+ */
+export function trailingUsage(b: Buffer): TokenUsage | null | undefined {
+  const key = b.lastIndexOf(USAGE_KEY);
+  if (key < 1) return undefined;
+  // A key starts after '{' or ','; anything else (e.g. `\"usage"` ending another key) is not this key.
+  let before = key - 1;
+  while (before > 0 && (b[before] === 0x20 || b[before] === 0x0a || b[before] === 0x0d || b[before] === 0x09))
+    before--;
+  if (b[before] !== 0x7b && b[before] !== 0x2c) return undefined;
+  let i = skipSpace(b, key + USAGE_KEY.length);
+  if (b[i] !== 0x3a) return undefined; // ':'
+  i = skipSpace(b, i + 1);
+  if (b[i] !== 0x7b) return undefined; // '{' (null or another type: the whole parse decides)
+  const end = objectEnd(b, i);
+  if (end < 0) return undefined;
+  const after = skipSpace(b, end);
+  if (b[after] === 0x7d) {
+    if (skipSpace(b, after + 1) !== b.length) return undefined;
+  } else if (b[after] === 0x2c) {
+    try {
+      const rest: unknown = JSON.parse(`{${b.toString('utf8', after + 1)}`);
+      if (rest === null || typeof rest !== 'object' || 'usage' in rest) return undefined;
+    } catch {
+      return undefined;
+    }
+  } else return undefined;
+  try {
+    return usageOf({ usage: JSON.parse(b.toString('utf8', i, end)) as unknown });
+  } catch {
+    return undefined;
   }
 }
 

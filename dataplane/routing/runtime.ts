@@ -130,7 +130,7 @@ export class Runtime {
       }
     }
     this.backends = backends;
-    this.routes = new RouteTable(routeEntries);
+    this.routes = new RouteTable(routeEntries, { named: (b) => b.models, any: (b) => b.anyModel });
     this.namedModels = namedModels;
     this.hasAsyncTasks = backends.some((b) => b.taskPatterns.length > 0);
   }

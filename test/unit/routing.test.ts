@@ -31,6 +31,59 @@ describe('RouteTable', () => {
   });
 });
 
+describe('RouteTable.resolve', () => {
+  type B = { id: string; models: string[] };
+  const b = (id: string, models: string[]): B => ({ id, models });
+  const table = new RouteTable<B>(
+    [
+      { backend: b('star', ['*']), route: { pathPrefix: '/v1', methods: [], public: false } },
+      { backend: b('llama', ['llama', 'mistral']), route: { pathPrefix: '/v1', methods: [], public: false } },
+      { backend: b('chat', ['gpt']), route: { pathPrefix: '/v1/chat', methods: ['POST'], public: false } },
+      { backend: b('open', ['tiny']), route: { pathPrefix: '/open', methods: [], public: true } },
+      { backend: b('mixed-pub', ['x']), route: { pathPrefix: '/mixed', methods: [], public: true } },
+      { backend: b('mixed-priv', ['x']), route: { pathPrefix: '/mixed', methods: ['POST'], public: false } },
+      {
+        backend: b('open-sub', ['tiny']),
+        route: { pathPrefix: '/open/private', methods: [], public: false },
+      },
+    ],
+    { named: (x) => x.models.filter((m) => m !== '*'), any: (x) => x.models.includes('*') },
+  );
+  const ids = (list: readonly { backend: B }[] | undefined) => list?.map((e) => e.backend.id);
+
+  it('prefers backends naming the model on the longest prefix, then on shorter ones, then * backends', () => {
+    const m = table.resolve('/v1/chat/completions', 'POST');
+    expect(ids(m?.entries)).toEqual(['chat', 'star', 'llama']);
+    expect(ids(m?.serving('gpt'))).toEqual(['chat']);
+    expect(ids(m?.serving('mistral'))).toEqual(['llama']);
+    expect(ids(m?.serving('anything-else'))).toEqual(['star']);
+    expect(ids(table.resolve('/v1/chat/completions', 'GET')?.entries)).toEqual(['star', 'llama']);
+  });
+
+  it('makes a request public only when every route of the longest prefix is, and then lets it reach public routes only', () => {
+    const open = table.resolve('/open/x', 'GET');
+    expect(open?.isPublic).toBe(true);
+    expect(ids(open?.usable)).toEqual(['open']);
+    // A private route under a public prefix: the longer prefix decides.
+    const sub = table.resolve('/open/private/x', 'GET');
+    expect(sub?.isPublic).toBe(false);
+    expect(ids(sub?.usable)).toEqual(['open-sub', 'open']);
+    expect(table.resolve('/mixed', 'GET')?.isPublic).toBe(true);
+    const mixed = table.resolve('/mixed', 'POST');
+    expect(mixed?.isPublic).toBe(false);
+    expect(ids(mixed?.usable)).toEqual(['mixed-pub', 'mixed-priv']);
+    // No usable backend names the model or serves '*': nothing serves it.
+    expect(open?.serving('llama')).toEqual([]);
+  });
+
+  it('resolves each path shape once per table: later requests share the result', () => {
+    const first = table.resolve('/v1/chat/completions', 'POST');
+    expect(table.resolve('/v1/chat/other', 'POST')).toBe(first);
+    expect(table.resolve('/v1/models', 'POST')).not.toBe(first);
+    expect(table.resolve('/nope', 'POST')).toBeNull();
+  });
+});
+
 describe('taskPathPattern', () => {
   it('captures the id and nothing across segments', () => {
     const p = taskPathPattern('/status/{id}');

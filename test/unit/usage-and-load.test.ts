@@ -3,6 +3,7 @@ import {
   askForStreamUsage,
   parseJsonRequest,
   sseUsage,
+  trailingUsage,
   UsageChunkFilter,
   UsageTap,
 } from '../../dataplane/proxy/usage-tap.ts';
@@ -53,6 +54,95 @@ describe('usage from responses', () => {
     expect(bytewise.sseChunks).toBe(41);
     expect(bytewise.usage()).toBeNull();
     expect(new UsageTap('application/json', true).sseChunks).toBeNull();
+  });
+});
+
+/** What the whole parse says: the top-level usage's counts (the spec the trailing reader must match). */
+function wholeParseUsage(text: string): { inputTokens: number; outputTokens: number } | null {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const u = v !== null && typeof v === 'object' ? (v as { usage?: unknown }).usage : undefined;
+  if (u === null || typeof u !== 'object') return null;
+  const { prompt_tokens: p, completion_tokens: c } = u as {
+    prompt_tokens?: unknown;
+    completion_tokens?: unknown;
+  };
+  if (typeof p !== 'number' && typeof c !== 'number') return null;
+  return { inputTokens: typeof p === 'number' ? p : 0, outputTokens: typeof c === 'number' ? c : 0 };
+}
+
+describe('usage of a JSON response read from its trailing usage object', () => {
+  it('agrees with a whole parse on thousands of generated bodies, whatever their chunking', () => {
+    let seed = 42;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const usages = [
+      '{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}',
+      '{"prompt_tokens": 7, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}',
+      '{"completion_tokens":4}',
+      '{"note":"a } and a \\" in a string","prompt_tokens":2,"completion_tokens":2}',
+      '{}',
+      'null',
+      '5',
+      '{"prompt_tokens":"9"}',
+    ];
+    const members = [
+      '"id":"chatcmpl-1"',
+      '"object":"chat.completion"',
+      '"choices":[{"index":0,"message":{"role":"assistant","content":"the \\"usage\\": {} of it"}}]',
+      '"choices":[{"message":{"content":"x"},"usage":{"prompt_tokens":99,"completion_tokens":99}}]',
+      '"meta":{"usage":{"prompt_tokens":98,"completion_tokens":98}}',
+      '"kind":"usage"',
+      '"abc\\"usage":{"prompt_tokens":97,"completion_tokens":97}',
+      '"\\u0075sage":{"prompt_tokens":96,"completion_tokens":96}',
+      '"service_tier":"default"',
+      '"system_fingerprint":null',
+      '"list":[1,{"usage":2},"}"]',
+    ];
+    let fast = 0;
+    for (let n = 0; n < 3000; n++) {
+      const parts: string[] = [];
+      for (let k = rand(5); k > 0; k--) parts.push(members[rand(members.length)] as string);
+      if (rand(6) > 0) parts.splice(rand(parts.length + 1), 0, `"usage":${usages[rand(usages.length)]}`);
+      const space = [' ', '\n  ', ''][rand(3)] as string;
+      let text = `{${space}${parts.join(`,${space}`)}${space}}`;
+      if (rand(10) === 0) text = text.slice(0, rand(text.length)); // cut short: malformed
+      const body = Buffer.from(text);
+      const tap = new UsageTap('application/json', true);
+      for (let at = 0; at < body.length;) {
+        const step = 1 + rand(40);
+        tap.onData(body.subarray(at, at + step));
+        at += step;
+      }
+      const expected = wholeParseUsage(text);
+      let valid = true;
+      try {
+        JSON.parse(text);
+      } catch {
+        valid = false;
+      }
+      const t = trailingUsage(body);
+      if (t !== undefined) fast++;
+      if (valid) {
+        expect(tap.usage(), text).toEqual(expected);
+        if (t !== undefined) expect(t, text).toEqual(expected);
+      }
+    }
+    // The common shapes take the short way.
+    expect(fast).toBeGreaterThan(500);
+    expect(
+      trailingUsage(
+        Buffer.from(
+          '{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2},"service_tier":"default"}',
+        ),
+      ),
+    ).toEqual({ inputTokens: 5, outputTokens: 2 });
   });
 });
 
