@@ -127,6 +127,7 @@ async function sync(
   const conditions: ConditionInput[] = [];
   const now = ctx.now();
   let tlsProblem: SidecarTlsProblem | undefined;
+  let sidecarMissing = false;
   if (dep) {
     if (childName(name).length > 63) {
       throw new TerminalError(
@@ -142,6 +143,8 @@ async function sync(
       blockOwnerDeletion: true,
     };
     const sidecarOn = dep.dataplane === 'sidecar' && sidecar !== null;
+    // The model server still runs and the shared data plane still routes to it; only the sidecar is absent.
+    sidecarMissing = dep.dataplane === 'sidecar' && sidecar === null;
     if (sidecarOn && dep.sidecarTLS) tlsProblem = sidecarTlsProblem(ctx.caches, namespace, dep.sidecarTLS);
     const path = childPaths(namespace, name);
     await applyChild(
@@ -205,7 +208,14 @@ async function sync(
       message: 'every reference resolved',
     });
     const unschedulable = dep ? unschedulableMessage(ctx.caches, namespace, name) : undefined;
-    if (ready > 0) {
+    if (sidecarMissing) {
+      conditions.push({
+        type: 'Ready',
+        status: 'False',
+        reason: 'SidecarImageNotSet',
+        message: sidecarImageMessage(ready, total),
+      });
+    } else if (ready > 0) {
       conditions.push({
         type: 'Ready',
         status: 'True',
@@ -240,6 +250,20 @@ async function sync(
   };
   await writeStatus(ctx.client, 'gpubackends', obj, status);
   return DONE;
+}
+
+/**
+ * Ready's message for `dataplane: sidecar` on an operator started without a sidecar image: what is missing,
+ * what runs instead, and the flag and chart value that set it.
+ */
+function sidecarImageMessage(ready: number, total: number): string {
+  return (
+    'deployment.dataplane is sidecar, but the operator has no sidecar image, so the pods run without the ' +
+    `gpugate container and the Service has no gpugate port (${ready} of ${total} model-server endpoints ready, ` +
+    'reachable through the shared data plane only); start the operator with --sidecar-image=<image> ' +
+    '(env GPUGATE_SIDECAR_IMAGE; the Helm chart sets it from image.repository and image.tag), ' +
+    'or set deployment.dataplane: shared'
+  );
 }
 
 type SidecarTlsProblem = { reason: 'SecretNotFound' | 'SecretKeyNotFound'; message: string };

@@ -17,6 +17,7 @@ export type ConditionReason =
   | 'NoReadyEndpoints'
   | 'NoEndpoints'
   | 'Unschedulable'
+  | 'SidecarImageNotSet'
   | 'Progressing'
   | 'KeyAccepted'
   | 'SecretPending'

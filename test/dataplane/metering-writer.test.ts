@@ -203,7 +203,8 @@ describe('metering writer', () => {
     expect(writer.canAdmit(true)).toBe(true);
     for (let i = 0; i < 15; i++) writer.record(usageEvent());
     expect(writer.depth()).toBe(100);
-    await new Promise((r) => setTimeout(r, 50));
+    // The first flush attempt fails (connection refused): waited for (bounded), not assumed within 50 ms.
+    for (let i = 0; i < 1500 && writer.isHealthy(); i++) await new Promise((r) => setTimeout(r, 20));
     expect(writer.isHealthy()).toBe(false);
     expect(await metric(registry, 'gpugate_metering_dropped_events_total')).toBe(5);
     expect(await metric(registry, 'gpugate_metering_buffer_events')).toBe(100);
@@ -243,7 +244,8 @@ describe('metering writer across a Postgres restart', () => {
       await produce(1000);
       await server.stop();
       await produce(2000); // Postgres is down: buffered
-      await new Promise((r) => setTimeout(r, 300));
+      // A flush fails once its attempt runs; waited for (bounded), not assumed within a fixed delay.
+      for (let i = 0; i < 1500 && writer.isHealthy(); i++) await new Promise((r) => setTimeout(r, 20));
       expect(writer.isHealthy()).toBe(false);
       const buffered = writer.depth();
       server = await startEmbeddedPostgres({ dataDir: join(dir, 'data'), port: server.port });

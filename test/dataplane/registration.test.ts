@@ -1,7 +1,7 @@
 // Self-registration without Kubernetes: the data plane's webhook routes over real sockets, recording into
 // real Postgres, and the operator's watcher reading the rows back (NOTIFY, expiry). The control-plane tier
 // (test/cluster/registration.test.ts) runs the whole loop through the operator and a snapshot.
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../dataplane/config/revision.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
@@ -16,7 +16,7 @@ import {
   startRegistrationWatcher,
   type RegistrationWatcher,
 } from '../../operator/controllers/registration.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { backend, quietLogger, snapshot } from './harness.ts';
 
 const SECRET = 'a-shared-secret-of-the-gpu-fleet';
@@ -70,7 +70,7 @@ describe('registration on Postgres', () => {
     Number((await pool.query('SELECT count(*) AS n FROM registered_endpoints')).rows[0].n);
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    pool = suitePool(db, 4);
     await migrate(pool);
     plane = await createDataPlane({
       logger: quietLogger,

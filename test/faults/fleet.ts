@@ -31,8 +31,21 @@ export interface FleetOptions {
   plane?: Partial<DataPlaneOptions>;
 }
 
+/**
+ * How many requests each simulator keeps for reconcile() and per-tenant counts: more than any fault case
+ * here sends (the default 200 would silently check only the last 200 per endpoint).
+ */
+export const RECORDED_REQUESTS = 50_000;
+
 const sim = (port: number) =>
-  startSimulator({ host: '127.0.0.1', port, models: ['sim'], prefillMsPerToken: 0, decodeMsPerToken: 1 });
+  startSimulator({
+    host: '127.0.0.1',
+    port,
+    models: ['sim'],
+    prefillMsPerToken: 0,
+    decodeMsPerToken: 1,
+    recordRequests: RECORDED_REQUESTS,
+  });
 
 export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   await migrate(opts.databaseUrl);

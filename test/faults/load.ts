@@ -25,6 +25,9 @@ export interface Outcome {
   startedAt: number;
   ms: number;
   tenant: string;
+  /** Of a non-2xx answer: its Retry-After header and the JSON error's `code`, when present. */
+  retryAfter?: string;
+  errorCode?: string;
 }
 
 export interface LoadOptions {
@@ -67,6 +70,7 @@ export function steadyLoad(opts: LoadOptions): Load {
       const id = randomUUID();
       const startedAt = Date.now();
       let status: number;
+      let refusal: Pick<Outcome, 'retryAfter' | 'errorCode'> = {};
       try {
         const res = await request(opts.url + '/v1/chat/completions', {
           method: 'POST',
@@ -80,12 +84,13 @@ export function steadyLoad(opts: LoadOptions): Load {
           headersTimeout: requestTimeoutMs,
           bodyTimeout: requestTimeoutMs,
         });
-        await res.body.text();
+        const text = await res.body.text();
         status = res.statusCode;
+        if (status >= 300) refusal = refusalOf(res.headers['retry-after'], text);
       } catch {
         status = 0;
       }
-      outcomes.push({ id, status, startedAt, ms: Date.now() - startedAt, tenant });
+      outcomes.push({ id, status, startedAt, ms: Date.now() - startedAt, tenant, ...refusal });
       if (status === 0) await new Promise((r) => setTimeout(r, 20));
       else if (opts.thinkMs) await new Promise((r) => setTimeout(r, opts.thinkMs));
     }
@@ -109,6 +114,22 @@ export function steadyLoad(opts: LoadOptions): Load {
       const end = Date.now() + maxWaitMs;
       while (outcomes.length < target && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
     },
+  };
+}
+
+function refusalOf(
+  retryAfter: string | string[] | undefined,
+  body: string,
+): Pick<Outcome, 'retryAfter' | 'errorCode'> {
+  let errorCode: unknown;
+  try {
+    errorCode = (JSON.parse(body) as { error?: { code?: unknown } }).error?.code;
+  } catch {
+    // not JSON: the error shape is checked by the tests that need it
+  }
+  return {
+    ...(typeof retryAfter === 'string' ? { retryAfter } : {}),
+    ...(typeof errorCode === 'string' ? { errorCode } : {}),
   };
 }
 
@@ -153,7 +174,7 @@ export async function reconcile(
   const stored = new Map(rows.map((r) => [r.request_id, r]));
   const received = new Map<string, number>();
   for (const sim of sims)
-    for (const r of sim.requests()) {
+    for (const r of recordedRequests(sim)) {
       const id = r.headers['x-request-id'];
       if (typeof id === 'string') received.set(id, (received.get(id) ?? 0) + 1);
     }
@@ -167,6 +188,39 @@ export async function reconcile(
     answeredWithoutEvent: outcomes.filter((o) => o.status !== 0 && !stored.has(o.id)).length,
     duplicatedUpstream: [...received.values()].filter((n) => n > 1).length,
   };
+}
+
+/** Every request the simulator received; throws when it kept fewer (its recordRequests was too small). */
+export function recordedRequests(sim: Simulator): ReturnType<Simulator['requests']> {
+  const recorded = sim.requests();
+  const received = sim.stats().requests;
+  if (recorded.length < received) {
+    throw new Error(
+      `simulator ${sim.name} kept ${recorded.length} of the ${received} requests it received: start it with a larger recordRequests`,
+    );
+  }
+  return recorded;
+}
+
+/**
+ * What the backends saw, by the tenant the gateway named (X-Gpugate-Tenant): the request ids of each
+ * tenant's requests that reached any of `sims`, and how often each arrived.
+ */
+export function upstreamByTenant(
+  sims: Simulator[],
+  path = '/v1/chat/completions',
+): Map<string, Map<string, number>> {
+  const out = new Map<string, Map<string, number>>();
+  for (const sim of sims)
+    for (const r of recordedRequests(sim)) {
+      if (r.path !== path) continue;
+      const tenant = String(r.headers['x-gpugate-tenant'] ?? '');
+      const id = String(r.headers['x-request-id'] ?? '');
+      const ids = out.get(tenant) ?? new Map<string, number>();
+      ids.set(id, (ids.get(id) ?? 0) + 1);
+      out.set(tenant, ids);
+    }
+  return out;
 }
 
 /** Polls `check` every 20 ms for at most maxMs; returns whether it became true. */
