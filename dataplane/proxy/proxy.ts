@@ -1073,9 +1073,9 @@ class Proxy {
         ex.body = req;
       }
     }
-    if (json && backend.protocol === 'openai') {
+    if (json && buffered && backend.protocol === 'openai') {
       // Exact token counts for streams: ask for the final usage chunk (kept from the client).
-      const rewritten = askForStreamUsage(json);
+      const rewritten = askForStreamUsage(json, buffered);
       if (rewritten) {
         ex.body = rewritten;
         ex.stripUsage = true;
