@@ -168,6 +168,14 @@ class Attempt implements Dispatcher.DispatchHandler {
   }
 }
 
+/**
+ * Runs after the read that carried the upstream's head: when no body bytes came with it, sends the
+ * head now; else it already left with the first chunk (one write, as before).
+ */
+function flushHeadAlone(ex: Exchange): void {
+  if ((ex.tap as UsageTap).bytes === 0 && !ex.res.writableEnded) ex.res.flushHeaders();
+}
+
 /** State of one request through the proxy. */
 class Exchange {
   readonly start = performance.now();
@@ -362,6 +370,9 @@ class Exchange {
       this.proxy.responseHeaders(headers, this.requestId, this.rt, cb, this.admitted),
     );
     this.headersSent = true;
+    // Node sends a head with the first body write. A streamed body's first chunk may be far off (vLLM
+    // sends its head before prefill): then the head goes on alone, as the backend sent it.
+    if (headers['content-length'] === undefined) process.nextTick(flushHeadAlone, this);
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
