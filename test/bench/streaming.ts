@@ -6,10 +6,13 @@
 //   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 3]
 //                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0]
 //
-// The upstream lives in this process, so its stamps and the clients' clock are one clock: the time to
-// first token splits into the request leg (client sends → upstream has the request), the upstream's
-// own wait for its first chunk (the same timer both ways), and the response leg (first chunk sent →
-// client has it).
+// The upstream (test/bench/sse-upstream.ts) runs in its own process, as a model server does: a
+// direct client crosses one process boundary each way, a client through gpugate two, and the
+// difference is the gateway's. (Until 2026-11-21 the upstream ran in this process, so the direct
+// path crossed none and gpugate was charged two crossings each way instead of one.) The stamps of
+// the three processes are comparable (one host, one wall clock), so the time to first token splits
+// into the request leg (client sends → upstream has the request), the upstream's own wait for its
+// first chunk (the same timer both ways), and the response leg (first chunk sent → client has it).
 //
 // --warmup: requests through each path before anything is measured (one-chunk streams, 8 at a time or
 // --streams), so that both are measured with their request paths compiled, as in a gateway that
@@ -17,8 +20,8 @@
 // 20-60 requests, most of them through code V8 had not optimized yet).
 // --keep-alive: clients keep their connections across rounds (else a new connection per round).
 // --prompt-bytes: pad the user message to this size (the gateway reads, parses and rewrites the body).
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { startGateway } from './gateway-process.ts';
@@ -45,39 +48,19 @@ const PROMPT_BYTES = Number(values['prompt-bytes']);
 /** Wall-clock milliseconds with sub-millisecond precision, comparable between processes on one host. */
 const clock = () => performance.timeOrigin + performance.now();
 
-/** When each measured request reached the upstream, by the id the client gave it. */
-const arrivals = new Map<string, number>();
-
-const upstream = createServer((req, res) => {
-  const arrived = clock();
-  if (req.url === '/health') {
-    // The gateway's active health check: answered like a model server's, not with a stream.
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end('{"status":"ok"}');
-    return;
-  }
-  const id = req.headers['x-bench-stream'];
-  if (typeof id === 'string') arrivals.set(id, arrived);
-  // Warm-up requests ask for a one-chunk stream.
-  const chunks = req.headers['x-bench-chunks'] === undefined ? CHUNKS : Number(req.headers['x-bench-chunks']);
-  req.resume();
-  req.on('end', () => {
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-    let i = 0;
-    const timer = setInterval(() => {
-      if (i === chunks) {
-        clearInterval(timer);
-        res.write(`data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":${chunks}}}\n\n`);
-        res.end('data: [DONE]\n\n');
-        return;
-      }
-      res.write(`data: {"t":${clock()},"i":${i++},"choices":[{"delta":{"content":"tok"}}]}\n\n`);
-    }, GAP_MS);
-    res.on('close', () => clearInterval(timer));
-  });
+const upstream = spawn(process.execPath, ['test/bench/sse-upstream.ts', String(CHUNKS), String(GAP_MS)], {
+  cwd: resolve(import.meta.dirname, '..', '..'),
+  stdio: ['ignore', 'pipe', 'inherit'],
 });
-await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
-const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+const upstreamUrl = await new Promise<string>((res, rej) => {
+  let out = '';
+  upstream.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    const m = /listening (\d+)\n/.exec(out);
+    if (m) res(`http://127.0.0.1:${m[1]}`);
+  });
+  upstream.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
+});
 const gw = await startGateway(upstreamUrl);
 
 const body = JSON.stringify({
@@ -111,7 +94,6 @@ const emptySample = (): Sample => ({
 });
 
 const pools = new Map<string, Pool>();
-let nextId = 0;
 
 async function run(base: string, into: Sample): Promise<void> {
   const pool = (KEEP_ALIVE && pools.get(base)) || new Pool(base, { connections: STREAMS });
@@ -119,13 +101,12 @@ async function run(base: string, into: Sample): Promise<void> {
   const legs: number[] = [];
   await Promise.all(
     Array.from({ length: STREAMS }, async () => {
-      const id = String(nextId++);
       const start = clock();
       const r = await pool.request({
         path: '/v1/chat/completions',
         method: 'POST',
         body,
-        headers: { ...headers, 'x-bench-stream': id },
+        headers,
       });
       let first = true;
       let buf = '';
@@ -141,8 +122,7 @@ async function run(base: string, into: Sample): Promise<void> {
           const stamp = Number(m[1]);
           if (first) {
             first = false;
-            const arrived = arrivals.get(id) as number;
-            arrivals.delete(id);
+            const arrived = Number(/"a":([\d.]+)/.exec(event)?.[1]);
             into.ttft.push(now - start);
             into.requestLeg.push(arrived - start);
             into.upstreamWait.push(stamp - arrived);
@@ -230,4 +210,4 @@ if (STREAMS > 1) {
 }
 out(`\nchunks measured: direct ${direct.chunk.length}, gpugate ${through.chunk.length}\n`);
 await gw.stop();
-upstream.close();
+upstream.kill('SIGTERM');
