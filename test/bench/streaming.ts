@@ -4,7 +4,7 @@
 // direct vs gpugate, and the difference; then where the first token's time goes.
 //
 //   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 3]
-//                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0]
+//                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0] [--metered]
 //
 // The upstream (test/bench/sse-upstream.ts) runs in its own process, as a model server does: a
 // direct client crosses one process boundary each way, a client through gpugate two, and the
@@ -20,11 +20,16 @@
 // 20-60 requests, most of them through code V8 had not optimized yet).
 // --keep-alive: clients keep their connections across rounds (else a new connection per round).
 // --prompt-bytes: pad the user message to this size (the gateway reads, parses and rewrites the body).
+// --metered: gpugate meters into Postgres (DATABASE_URL or an embedded server) with a quota on the
+// tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 import { Pool } from 'undici';
+import { migrate } from '../../dataplane/metering/migrate.ts';
 import { startGateway } from './gateway-process.ts';
+import { startBenchPostgres } from './postgres.ts';
 
 const { values } = parseArgs({
   options: {
@@ -35,6 +40,7 @@ const { values } = parseArgs({
     warmup: { type: 'string', default: '2000' },
     'keep-alive': { type: 'boolean', default: false },
     'prompt-bytes': { type: 'string', default: '0' },
+    metered: { type: 'boolean', default: false },
   },
 });
 const STREAMS = Number(values.streams);
@@ -44,6 +50,7 @@ const ROUNDS = Number(values.rounds);
 const WARMUP = Number(values.warmup);
 const KEEP_ALIVE = values['keep-alive'];
 const PROMPT_BYTES = Number(values['prompt-bytes']);
+const METERED = values.metered;
 
 /** Wall-clock milliseconds with sub-millisecond precision, comparable between processes on one host. */
 const clock = () => performance.timeOrigin + performance.now();
@@ -61,7 +68,14 @@ const upstreamUrl = await new Promise<string>((res, rej) => {
   });
   upstream.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
 });
-const gw = await startGateway(upstreamUrl);
+const postgres = METERED ? await startBenchPostgres() : null;
+if (postgres) {
+  const db = new pg.Pool({ connectionString: postgres.url, max: 1 });
+  db.on('error', () => undefined);
+  await migrate(db);
+  await db.end();
+}
+const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url } : {});
 
 const body = JSON.stringify({
   model: 'bench-model',
@@ -180,7 +194,7 @@ const out = (s: string) => process.stdout.write(s);
 out(
   `${STREAMS} concurrent SSE streams x ${CHUNKS} chunks every ${GAP_MS} ms, ${ROUNDS} rounds (direct and gpugate alternating), ` +
     `after ${WARMUP} warm-up requests each; ${KEEP_ALIVE ? 'client connections kept across rounds' : 'a new client connection per stream and round'}; ` +
-    `request body ${Buffer.byteLength(body)} bytes\n\n`,
+    `request body ${Buffer.byteLength(body)} bytes; ${METERED ? 'metering into Postgres with a quota lease' : 'usage events into a counting sink, no quota'}\n\n`,
 );
 const row = (name: string, a: number, b: number) =>
   out(`| ${name} | ${a.toFixed(3)} | ${b.toFixed(3)} | ${(b - a).toFixed(3)} |\n`);
@@ -210,4 +224,5 @@ if (STREAMS > 1) {
 }
 out(`\nchunks measured: direct ${direct.chunk.length}, gpugate ${through.chunk.length}\n`);
 await gw.stop();
+await postgres?.stop();
 upstream.kill('SIGTERM');
