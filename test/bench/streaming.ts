@@ -59,6 +59,8 @@ const upstream = spawn(process.execPath, ['test/bench/sse-upstream.ts', String(C
   cwd: resolve(import.meta.dirname, '..', '..'),
   stdio: ['ignore', 'pipe', 'inherit'],
 });
+// Not left listening when this process ends early (a failed start, an exception).
+process.on('exit', () => upstream.kill('SIGTERM'));
 const upstreamUrl = await new Promise<string>((res, rej) => {
   let out = '';
   upstream.stdout.on('data', (d: Buffer) => {
