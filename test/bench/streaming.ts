@@ -3,7 +3,7 @@
 // feature on). Prints time to first token and per-chunk delivery latency (arrival minus send stamp),
 // direct vs gpugate, and the difference; then where the first token's time goes.
 //
-//   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 3]
+//   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 10]
 //                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0] [--metered]
 //
 // The upstream (test/bench/sse-upstream.ts) runs in its own process, as a model server does: a
@@ -36,7 +36,7 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '16' },
     chunks: { type: 'string', default: '200' },
     'gap-ms': { type: 'string', default: '5' },
-    rounds: { type: 'string', default: '3' },
+    rounds: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '2000' },
     'keep-alive': { type: 'boolean', default: false },
     'prompt-bytes': { type: 'string', default: '0' },
