@@ -220,6 +220,14 @@ class Attempt implements Dispatcher.DispatchHandler {
   }
 }
 
+/**
+ * Runs after the read that carried the upstream's head: when no body bytes came with it, sends the
+ * head now; else it already left with the first chunk (one write, as before).
+ */
+function flushHeadAlone(ex: Exchange): void {
+  if ((ex.tap as UsageTap).bytes === 0 && !ex.res.writableEnded) ex.res.flushHeaders();
+}
+
 /** State of one request through the proxy. */
 class Exchange {
   readonly start = performance.now();
@@ -420,6 +428,9 @@ class Exchange {
     // undici's parser holds the body to this length, so the chunk that reaches it is the last one.
     if (typeof length === 'string' && this.sseFilter === null && this.method !== 'HEAD')
       this.bodyLeft = Number(length);
+    // Node sends a head with the first body write. A streamed body's first chunk may be far off (vLLM
+    // sends its head before prefill): then the head goes on alone, as the backend sent it.
+    if (headers['content-length'] === undefined) process.nextTick(flushHeadAlone, this);
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
@@ -1141,9 +1152,9 @@ export class Proxy {
         ex.body = req;
       }
     }
-    if (json && backend.protocol === 'openai') {
+    if (json && buffered && backend.protocol === 'openai') {
       // Exact token counts for streams: ask for the final usage chunk (kept from the client).
-      const rewritten = askForStreamUsage(json);
+      const rewritten = askForStreamUsage(json, buffered);
       if (rewritten) {
         ex.body = rewritten;
         ex.stripUsage = true;

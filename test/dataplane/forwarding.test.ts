@@ -29,6 +29,9 @@ describe('forwarding', () => {
   /** Resolvers the SSE upstream waits on between chunks: it sends chunk i+1 only after the client saw chunk i. */
   const clientSaw: ((n: number) => void)[] = [];
   let upstreamSentAll = false;
+  /** The head-first upstream: sends its first event when called (the client saw the head) or after a bound. */
+  let sendFirstEvent: (() => void) | null = null;
+  let firstEventSent = false;
   const cleanups = cleanupList();
 
   beforeAll(async () => {
@@ -51,6 +54,21 @@ describe('forwarding', () => {
       };
       sendNext();
     });
+    const headFirst = await cleanups.upstream('head-first', (_req, res) => {
+      // As vLLM does: the head goes out at once, the first token only after prefill; here, once the
+      // client has seen the head, or after a bound so that a gateway holding the head fails the test
+      // below instead of hanging it.
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      res.flushHeaders();
+      const send = () => {
+        clearTimeout(bound);
+        if (firstEventSent) return;
+        firstEventSent = true;
+        res.end('data: {"choices":[{"delta":{"content":"first"}}]}\n\ndata: [DONE]\n\n');
+      };
+      const bound = setTimeout(send, 3_000);
+      sendFirstEvent = send;
+    });
     sim = await startSimulator({ models: ['sim-llama'], decodeMsPerToken: 20, outputTokens: 400 });
     cleanups.push(() => sim.close());
     plane = await cleanups.plane({}, 1000);
@@ -63,6 +81,7 @@ describe('forwarding', () => {
             maxRequestBytes: 200 * 1024 * 1024,
           }),
           backend('ns/sse', [sse.url], { models: ['sse'] }),
+          backend('ns/head-first', [headFirst.url], { models: ['head-first'] }),
           backend('ns/sim', [sim.url], { models: ['sim-llama'] }),
           backend('ns/limited', [echo.url], {
             models: [],
@@ -178,6 +197,23 @@ describe('forwarding', () => {
       }
     }
     expect(seen).toBe(4);
+    expect(text).toContain('[DONE]');
+  });
+
+  it('sends a stream’s response head on as the backend sends it, before the first event exists', async () => {
+    firstEventSent = false;
+    const res = await request(plane.url + '/v1/chat/completions', {
+      method: 'POST',
+      body: chat('head-first', { stream: true }),
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${acme.secret}` },
+    });
+    // undici resolves on the head: it came through while the backend had sent nothing else.
+    expect(firstEventSent).toBe(false);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toBe('text/event-stream');
+    sendFirstEvent?.();
+    const text = await res.body.text();
+    expect(text).toContain('"first"');
     expect(text).toContain('[DONE]');
   });
 

@@ -197,9 +197,10 @@ describe('passive outlier ejection', () => {
 describe('asking for stream usage on the client’s behalf', () => {
   it('adds include_usage only to streaming requests that did not decide it themselves', () => {
     const rewrite = (o: unknown) => {
-      const request = parseJsonRequest(Buffer.from(JSON.stringify(o)));
+      const raw = Buffer.from(JSON.stringify(o));
+      const request = parseJsonRequest(raw);
       if (request === null) throw new Error('not a JSON object');
-      const r = askForStreamUsage(request);
+      const r = askForStreamUsage(request, raw);
       return r === null ? null : (JSON.parse(r.toString()) as Record<string, unknown>);
     };
     expect(rewrite({ model: 'm', stream: true })).toEqual({
@@ -216,6 +217,25 @@ describe('asking for stream usage on the client’s behalf', () => {
     expect(rewrite({ model: 'm' })).toBeNull();
     expect(parseJsonRequest(Buffer.from('{"stream": tru'))).toBeNull();
     expect(parseJsonRequest(Buffer.from('[{"stream": true}]'))).toBeNull();
+  });
+
+  it('keeps the rest of the client’s body byte for byte: digits JSON.parse would round, 1.0, escapes, whitespace', () => {
+    const raw = Buffer.from(
+      ' \r\n\t{ "model" : "m", "seed": 18446744073709551615, "temperature": 1.0,\n' +
+        '  "messages": [{"role": "user", "content": "caf\\u00e9 \\"quoted\\" ünï"}], "stream": true }',
+    );
+    const request = parseJsonRequest(raw);
+    if (request === null) throw new Error('not a JSON object');
+    const out = askForStreamUsage(request, raw);
+    if (out === null) throw new Error('no rewrite');
+    const text = out.toString('utf8');
+    const inserted = '"stream_options":{"include_usage":true},';
+    expect(text.replace(inserted, '')).toBe(raw.toString('utf8'));
+    expect(text.indexOf(inserted)).toBe(raw.indexOf('{') + 1);
+    expect(JSON.parse(text)).toEqual({ ...request, stream_options: { include_usage: true } });
+    // A stream_options member that is not an object is the backend's to refuse, untouched.
+    const odd = Buffer.from('{"stream": true, "stream_options": "yes"}');
+    expect(askForStreamUsage(parseJsonRequest(odd) as Record<string, unknown>, odd)).toBeNull();
   });
 
   it('passes whole token events through byte for byte and still drops a usage-only event with spaced empty choices', () => {
