@@ -3,11 +3,15 @@
 // feature on). Prints time to first token and per-chunk delivery latency (arrival minus send stamp),
 // direct vs gpugate, and the difference.
 //
-//   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 3]
+//   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 3] [--node-flags='<flags>']
+//
+// The gateway runs with the data plane's Node.js flags (dataplane/node-flags.ts) unless --node-flags
+// says otherwise ('' for none).
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway } from './gateway-process.ts';
 
 const { values } = parseArgs({
@@ -16,6 +20,7 @@ const { values } = parseArgs({
     chunks: { type: 'string', default: '200' },
     'gap-ms': { type: 'string', default: '5' },
     rounds: { type: 'string', default: '3' },
+    'node-flags': { type: 'string' },
   },
 });
 const STREAMS = Number(values.streams);
@@ -45,7 +50,11 @@ const upstream = createServer((req, res) => {
 });
 await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
 const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
-const gw = await startGateway(upstreamUrl);
+const nodeFlags =
+  values['node-flags'] === undefined
+    ? DATAPLANE_NODE_FLAGS
+    : values['node-flags'].split(' ').filter((f) => f !== '');
+const gw = await startGateway(upstreamUrl, { nodeFlags });
 
 interface Sample {
   ttft: number[];

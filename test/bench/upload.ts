@@ -1,20 +1,43 @@
 // Upload benchmark (not a test): a 100 MiB body generated on the fly (never held in memory) sent to
-// a byte-counting upstream directly and through gpugate (own process, every feature on). Prints
-// throughput for both and the data plane's resident-memory growth (peak VmHWM minus RSS before).
+// a byte-counting upstream directly and through gpugate (own process, every feature on, started with
+// the data plane's Node.js flags unless --node-flags says otherwise). Prints throughput for both and
+// the data plane's resident-memory growth (peak VmHWM minus RSS before).
 //
-//   node test/bench/upload.ts [--mib 100] [--rounds 3]
+//   node test/bench/upload.ts [--mib 100] [--rounds 3] [--concurrency 1] [--node-flags='<flags>']
+//
+// --concurrency N sends N uploads at once in each round (N × the body through the gateway; the time
+// is that of the whole round). --node-flags= starts the gateway with no Node.js flags (as before
+// dataplane/node-flags.ts), to compare.
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway } from './gateway-process.ts';
 
 const { values } = parseArgs({
-  options: { mib: { type: 'string', default: '100' }, rounds: { type: 'string', default: '3' } },
+  options: {
+    mib: { type: 'string', default: '100' },
+    rounds: { type: 'string', default: '3' },
+    concurrency: { type: 'string', default: '1' },
+    'node-flags': { type: 'string' },
+  },
 });
 const BYTES = Number(values.mib) * 1024 * 1024;
 const ROUNDS = Number(values.rounds);
+const CONCURRENCY = Number(values.concurrency);
+const nodeFlags =
+  values['node-flags'] === undefined
+    ? DATAPLANE_NODE_FLAGS
+    : values['node-flags'].split(' ').filter((f) => f !== '');
+for (const [name, n] of [
+  ['--mib', BYTES],
+  ['--rounds', ROUNDS],
+  ['--concurrency', CONCURRENCY],
+] as const) {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer`);
+}
 
 const upstream = createServer((req, res) => {
   let n = 0;
@@ -26,7 +49,7 @@ const upstream = createServer((req, res) => {
 });
 await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
 const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
-const gw = await startGateway(upstreamUrl);
+const gw = await startGateway(upstreamUrl, { nodeFlags });
 
 function body(): Readable {
   const chunk = Buffer.alloc(64 * 1024, 0x5a);
@@ -40,8 +63,7 @@ function body(): Readable {
   });
 }
 
-async function upload(base: string): Promise<number> {
-  const start = performance.now();
+async function upload(base: string): Promise<void> {
   const r = await request(base + '/v1/uploads', {
     method: 'POST',
     body: body(),
@@ -55,6 +77,12 @@ async function upload(base: string): Promise<number> {
   const answer = (await r.body.json()) as { received: number };
   if (r.statusCode !== 200 || answer.received !== BYTES)
     throw new Error(`upload failed: ${r.statusCode} ${JSON.stringify(answer)}`);
+}
+
+/** Seconds for CONCURRENCY uploads at once. */
+async function round(base: string): Promise<number> {
+  const start = performance.now();
+  await Promise.all(Array.from({ length: CONCURRENCY }, () => upload(base)));
   return (performance.now() - start) / 1000;
 }
 
@@ -63,13 +91,15 @@ try {
   const direct: number[] = [];
   const through: number[] = [];
   for (let i = 0; i < ROUNDS; i++) {
-    direct.push(await upload(upstreamUrl));
-    through.push(await upload(gw.url));
+    direct.push(await round(upstreamUrl));
+    through.push(await round(gw.url));
   }
   const after = gw.memory();
-  const mibps = (s: number) => BYTES / 1024 / 1024 / s;
+  const mibps = (s: number) => (CONCURRENCY * BYTES) / 1024 / 1024 / s;
   const best = (xs: number[]) => Math.min(...xs);
-  process.stdout.write(`${values.mib} MiB upload x ${ROUNDS} rounds (best of each)\n\n`);
+  process.stdout.write(
+    `${values.mib} MiB upload${CONCURRENCY > 1 ? ` x ${CONCURRENCY} at once` : ''} x ${ROUNDS} rounds (best of each); gateway node flags: ${nodeFlags.join(' ') || '(none)'}\n\n`,
+  );
   process.stdout.write('| path | seconds | MiB/s |\n|---|---|---|\n');
   process.stdout.write(`| direct | ${best(direct).toFixed(3)} | ${mibps(best(direct)).toFixed(0)} |\n`);
   process.stdout.write(`| gpugate | ${best(through).toFixed(3)} | ${mibps(best(through)).toFixed(0)} |\n`);
