@@ -23,4 +23,4 @@ COPY --chown=10001:10001 crds ./crds
 # The same uid/gid as the chart's securityContext; numeric, so runAsNonRoot can verify it.
 USER 10001:10001
 EXPOSE 8080 9090 8082
-CMD ["node", "--scavenger-max-new-space-capacity-mb=4", "dataplane/main.ts"]
+CMD ["node", "--scavenger-max-new-space-capacity-mb=4", "--no-concurrent-array-buffer-sweeping", "dataplane/main.ts"]

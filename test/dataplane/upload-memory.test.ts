@@ -2,7 +2,7 @@
 // (node <dataplane/node-flags.ts> dataplane/main.ts): every body chunk it reads is a fresh buffer
 // outside the JavaScript heap, and its resident set must not climb with the bytes streamed through it
 // (issue #4: at most 64 MiB of growth for a 100 MiB upload). Without the flags, V8 frees those buffers
-// only at a full GC after about 64 MiB of them, and these uploads grew it by 71–125 MiB
+// only at a full GC after about 64 MiB of them, and these uploads grew it by 75–100 MiB
 // (docs/benchmarks.md). The growth is read from /proc (the peak resident set, VmHWM, reset before each
 // case through clear_refs), so it is a property of the bytes streamed, not of timing.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
