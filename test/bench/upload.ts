@@ -3,11 +3,12 @@
 // the data plane's Node.js flags unless --node-flags says otherwise). Prints throughput for both and
 // the data plane's resident-memory growth (peak VmHWM minus RSS before).
 //
-//   node test/bench/upload.ts [--mib 100] [--rounds 3] [--concurrency 1] [--node-flags='<flags>']
+//   node test/bench/upload.ts [--mib 100] [--rounds 3] [--concurrency 1] [--node-flags='<flags>'] [--download]
 //
 // --concurrency N sends N uploads at once in each round (N × the body through the gateway; the time
 // is that of the whole round). --node-flags= starts the gateway with no Node.js flags (as before
-// dataplane/node-flags.ts), to compare.
+// dataplane/node-flags.ts), to compare. --download turns it around: the upstream answers a GET with
+// the body (an image download) and the client counts it.
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
@@ -22,8 +23,10 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     concurrency: { type: 'string', default: '1' },
     'node-flags': { type: 'string' },
+    download: { type: 'boolean', default: false },
   },
 });
+const DOWNLOAD = values.download;
 const BYTES = Number(values.mib) * 1024 * 1024;
 const ROUNDS = Number(values.rounds);
 const CONCURRENCY = Number(values.concurrency);
@@ -40,6 +43,11 @@ for (const [name, n] of [
 }
 
 const upstream = createServer((req, res) => {
+  if (DOWNLOAD) {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(BYTES) });
+    body().pipe(res);
+    return;
+  }
   let n = 0;
   req.on('data', (c: Buffer) => (n += c.length));
   req.on('end', () => {
@@ -63,6 +71,15 @@ function body(): Readable {
   });
 }
 
+async function download(base: string): Promise<void> {
+  const r = await request(base + '/v1/downloads/result.png', {
+    headers: { 'x-gpugate-model': 'bench-model', authorization: `Bearer ${gw.key}` },
+  });
+  let n = 0;
+  for await (const c of r.body) n += (c as Buffer).length;
+  if (r.statusCode !== 200 || n !== BYTES) throw new Error(`download failed: ${r.statusCode}, ${n} bytes`);
+}
+
 async function upload(base: string): Promise<void> {
   const r = await request(base + '/v1/uploads', {
     method: 'POST',
@@ -79,10 +96,10 @@ async function upload(base: string): Promise<void> {
     throw new Error(`upload failed: ${r.statusCode} ${JSON.stringify(answer)}`);
 }
 
-/** Seconds for CONCURRENCY uploads at once. */
+/** Seconds for CONCURRENCY uploads (or downloads) at once. */
 async function round(base: string): Promise<number> {
   const start = performance.now();
-  await Promise.all(Array.from({ length: CONCURRENCY }, () => upload(base)));
+  await Promise.all(Array.from({ length: CONCURRENCY }, () => (DOWNLOAD ? download(base) : upload(base))));
   return (performance.now() - start) / 1000;
 }
 
@@ -98,7 +115,7 @@ try {
   const mibps = (s: number) => (CONCURRENCY * BYTES) / 1024 / 1024 / s;
   const best = (xs: number[]) => Math.min(...xs);
   process.stdout.write(
-    `${values.mib} MiB upload${CONCURRENCY > 1 ? ` x ${CONCURRENCY} at once` : ''} x ${ROUNDS} rounds (best of each); gateway node flags: ${nodeFlags.join(' ') || '(none)'}\n\n`,
+    `${values.mib} MiB ${DOWNLOAD ? 'download' : 'upload'}${CONCURRENCY > 1 ? ` x ${CONCURRENCY} at once` : ''} x ${ROUNDS} rounds (best of each); gateway node flags: ${nodeFlags.join(' ') || '(none)'}\n\n`,
   );
   process.stdout.write('| path | seconds | MiB/s |\n|---|---|---|\n');
   process.stdout.write(`| direct | ${best(direct).toFixed(3)} | ${mibps(best(direct)).toFixed(0)} |\n`);
