@@ -103,7 +103,7 @@ const missingFlags = missingNodeFlags(process.execArgv);
 if (missingFlags.length > 0) {
   logger.warn(
     { missing: missingFlags },
-    `started without the data plane's Node.js flags (dataplane/node-flags.ts): large uploads can grow its memory by about 100 MiB; run node ${DATAPLANE_NODE_FLAGS.join(' ')} dataplane/main.ts`,
+    `started without the data plane's Node.js flags (dataplane/node-flags.ts): large request and response bodies can grow its memory by about 100 MiB; run node ${DATAPLANE_NODE_FLAGS.join(' ')} dataplane/main.ts`,
   );
 }
 

@@ -2,11 +2,11 @@
 // chart's command, the operator's sidecar and the test and benchmark launchers use this list, and
 // test/chart checks that the files that cannot import it (Dockerfile, chart) say the same.
 //
-// Every body chunk the data plane reads from a client (an upload) is a fresh buffer of up to 64 KiB
-// outside the JavaScript heap, dead once written on. Without these flags a
-// 100 MiB upload grew the process by 71–110 MiB, 16 concurrent ones by 125 MiB (issue #4's goal: 64);
-// with them by 27–47 MiB, 33 MiB for 16 at once (docs/benchmarks.md, upload section; the decision and
-// the alternatives measured: docs/decisions.md).
+// Every body chunk the data plane reads (an upload from a client, an answer from a backend) is a fresh
+// buffer of up to 64 KiB outside the JavaScript heap, dead once written on. Without these flags a
+// 100 MiB upload grew the process by 71–110 MiB, 16 concurrent ones by 125–172 MiB (issue #4's goal:
+// 64), downloads alike; with them by 25–47 MiB, 25–34 MiB for 16 at once (docs/benchmarks.md, upload
+// section; the decision and the alternatives measured: docs/decisions.md).
 //
 // --scavenger-max-new-space-capacity-mb=4: a young-generation GC (scavenge) frees dead young buffers,
 // but V8 starts one for them only when they reach twice its default maximum semi-space, which this

@@ -8,7 +8,8 @@
 // --concurrency N sends N uploads at once in each round (N × the body through the gateway; the time
 // is that of the whole round). --node-flags= starts the gateway with no Node.js flags (as before
 // dataplane/node-flags.ts), to compare. --download turns it around: the upstream answers a GET with
-// the body (an image download) and the client counts it.
+// the body (an image download; only on /v1/downloads/, not on the gateway's health checks) and the
+// client counts it.
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
@@ -43,7 +44,7 @@ for (const [name, n] of [
 }
 
 const upstream = createServer((req, res) => {
-  if (DOWNLOAD) {
+  if (DOWNLOAD && req.url?.startsWith('/v1/downloads/')) {
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(BYTES) });
     body().pipe(res);
     return;
