@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image, two programs: `node operator/main.ts` and `node dataplane/main.ts` (Node 24 runs the TypeScript
-# directly; no build step). The chart sets the command of each Deployment.
+# directly; no build step). The chart sets the command of each Deployment. The data plane runs with the
+# Node.js flags of dataplane/node-flags.ts (why: there), here, in the chart and in the operator's sidecar.
 ARG NODE_IMAGE=node:24-bookworm-slim
 
 FROM ${NODE_IMAGE} AS deps
@@ -22,4 +23,4 @@ COPY --chown=10001:10001 crds ./crds
 # The same uid/gid as the chart's securityContext; numeric, so runAsNonRoot can verify it.
 USER 10001:10001
 EXPOSE 8080 9090 8082
-CMD ["node", "dataplane/main.ts"]
+CMD ["node", "--scavenger-max-new-space-capacity-mb=4", "--no-concurrent-array-buffer-sweeping", "dataplane/main.ts"]

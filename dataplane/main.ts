@@ -29,6 +29,7 @@ import { startMetering, type MeteringRuntime } from './metering/runtime.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
+import { DATAPLANE_NODE_FLAGS, missingNodeFlags } from './node-flags.ts';
 import {
   OBSERVABILITY_FLAGS,
   ObservabilityConfigError,
@@ -96,6 +97,14 @@ function pushToken(): string | null {
   if (file) return readFileSync(file, 'utf8').trim();
   const token = env.GPUGATE_PUSH_TOKEN;
   return token ? token : null;
+}
+
+const missingFlags = missingNodeFlags(process.execArgv);
+if (missingFlags.length > 0) {
+  logger.warn(
+    { missing: missingFlags },
+    `started without the data plane's Node.js flags (dataplane/node-flags.ts): large request and response bodies can grow its memory by about 100 MiB; run node ${DATAPLANE_NODE_FLAGS.join(' ')} dataplane/main.ts`,
+  );
 }
 
 const token = pushToken();

@@ -14,6 +14,11 @@ export interface OutlierOptions {
   maxEjectionMs: number;
 }
 
+/** A health check needs the status only: at most this much of its body is read, then it is dropped. */
+const HEALTH_BODY_BYTES = 64 * 1024;
+/** A metrics page larger than this is not scraped (vLLM's is tens of KiB). */
+export const MAX_METRICS_BYTES = 4 * 1024 * 1024;
+
 export const DEFAULT_OUTLIER: OutlierOptions = {
   consecutiveFailures: 5,
   baseEjectionMs: 5_000,
@@ -140,7 +145,7 @@ export class BackendMonitor {
     if (!hc) return;
     await Promise.all(
       this.#endpoints.map(async (e) => {
-        const ok = await this.#get(e, hc.path, hc.timeoutMs).then(
+        const ok = await this.#get(e, hc.path, hc.timeoutMs, null).then(
           (r) => r.status >= 200 && r.status < 300,
           () => false,
         );
@@ -176,15 +181,25 @@ export class BackendMonitor {
     await Promise.all(
       this.#endpoints.map(async (e) => {
         const inflightAtScrape = e.inflight;
-        const res = await this.#get(e, path, timeout).catch(() => null);
-        if (!res || res.status !== 200 || this.#stopped) return;
+        const res = await this.#get(e, path, timeout, MAX_METRICS_BYTES).catch(() => null);
+        if (!res || res.status !== 200 || res.text === null || this.#stopped) return;
         const load = parseServerLoad(res.text);
         if (load) e.load = { ...load, at: Date.now(), inflightAtScrape };
       }),
     );
   }
 
-  async #get(e: EndpointState, path: string, timeoutMs: number): Promise<{ status: number; text: string }> {
+  /**
+   * GET path on the endpoint. With maxBytes the body is read as text, or null when it is longer (the
+   * rest is not read); without, the body is only drained, up to HEALTH_BODY_BYTES. Either way a
+   * backend answering with a huge body costs the data plane a bounded amount of memory.
+   */
+  async #get(
+    e: EndpointState,
+    path: string,
+    timeoutMs: number,
+    maxBytes: number | null,
+  ): Promise<{ status: number; text: string | null }> {
     if (e.closed) throw new Error('endpoint closed');
     const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
     const auth = this.#backend.upstreamAuth;
@@ -196,7 +211,20 @@ export class BackendMonitor {
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
     });
-    const text = await res.body.text();
-    return { status: res.statusCode, text };
+    if (maxBytes === null) {
+      await res.body.dump({ limit: HEALTH_BODY_BYTES });
+      return { status: res.statusCode, text: null };
+    }
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const chunk of res.body) {
+      bytes += (chunk as Buffer).length;
+      if (bytes > maxBytes) {
+        res.body.destroy();
+        return { status: res.statusCode, text: null };
+      }
+      chunks.push(chunk as Buffer);
+    }
+    return { status: res.statusCode, text: Buffer.concat(chunks, bytes).toString('utf8') };
   }
 }

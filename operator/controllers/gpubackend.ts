@@ -3,6 +3,7 @@
 // compiler's problems, the Service's EndpointSlices and the pods' scheduling conditions.
 import type { TSchema } from 'typebox';
 import { Value } from 'typebox/value';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import {
   API_VERSION,
   DEFAULT_GPU_RESOURCE,
@@ -388,6 +389,8 @@ function deploymentFor(
     containers.push({
       name: SIDECAR.name,
       image: sidecar.image,
+      // The data plane's Node.js flags (dataplane/node-flags.ts), then the script and its flags.
+      command: ['node', ...DATAPLANE_NODE_FLAGS],
       args: [
         'dataplane/main.ts',
         `--port=${SIDECAR.port}`,

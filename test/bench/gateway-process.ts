@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 
 export interface GatewayProcess {
   url: string;
@@ -29,6 +30,8 @@ export async function startGateway(
     tracing?: string;
     /** The source tree whose runner is started (default: this one), to compare two versions of gpugate. */
     root?: string;
+    /** Node.js flags of the gateway process (default: the data plane's, dataplane/node-flags.ts). */
+    nodeFlags?: readonly string[];
   } = {},
 ): Promise<GatewayProcess> {
   const root = opts.root ?? resolve(import.meta.dirname, '..', '..');
@@ -37,6 +40,7 @@ export async function startGateway(
   const child = spawn(
     process.execPath,
     [
+      ...(opts.nodeFlags ?? DATAPLANE_NODE_FLAGS),
       'test/bench/gpugate-runner.ts',
       '0',
       typeof upstreamUrls === 'string' ? upstreamUrls : upstreamUrls.join(','),

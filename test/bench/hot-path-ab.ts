@@ -8,8 +8,14 @@
 //   git archive <commit> dataplane test package.json tsconfig.json | tar -x -C /tmp/base
 //   ln -s "$PWD/node_modules" /tmp/base/node_modules
 //   node test/bench/hot-path-ab.ts --base /tmp/base [--rounds 12] [--seconds 2] [--connections 32]
+//     [--node-flags='<flags>'] [--base-node-flags='<flags>']
+//
+// Both gateways run with the data plane's Node.js flags (dataplane/node-flags.ts of this tree) unless
+// --node-flags / --base-node-flags say otherwise ('' for none): `--base .` with other flags for the
+// base compares two sets of flags on the same code.
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway, type GatewayProcess } from './gateway-process.ts';
 import { closedLoop, startFixedUpstream } from './load.ts';
 
@@ -19,12 +25,16 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '12' },
     seconds: { type: 'string', default: '2' },
     connections: { type: 'string', default: '32' },
+    'node-flags': { type: 'string' },
+    'base-node-flags': { type: 'string' },
   },
 });
 if (!args.base) throw new Error('--base <source tree of the other version> is required');
 const rounds = Number(args.rounds);
 const ms = Number(args.seconds) * 1000;
 const connections = Number(args.connections);
+const flags = (given: string | undefined) =>
+  given === undefined ? DATAPLANE_NODE_FLAGS : given.split(' ').filter((f) => f !== '');
 
 const body = JSON.stringify({
   model: 'bench-model',
@@ -33,11 +43,12 @@ const body = JSON.stringify({
 });
 const upstream = await startFixedUpstream();
 const sides: { name: string; gw: GatewayProcess; pool: Pool; cpu: number[] }[] = [];
-for (const [name, root] of [
-  ['this tree', undefined],
-  ['base', args.base],
+for (const [name, root, nodeFlags] of [
+  ['this tree', undefined, flags(args['node-flags'])],
+  ['base', args.base, flags(args['base-node-flags'])],
 ] as const) {
-  const gw = await startGateway(upstream.url, root ? { root } : {});
+  console.log(`${name}: node flags ${nodeFlags.join(' ') || '(none)'}`);
+  const gw = await startGateway(upstream.url, { ...(root ? { root } : {}), nodeFlags });
   sides.push({ name, gw, pool: new Pool(gw.url, { connections, pipelining: 1 }), cpu: [] });
 }
 

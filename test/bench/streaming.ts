@@ -5,6 +5,10 @@
 //
 //   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 10]
 //                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0] [--metered]
+//                                [--node-flags='<flags>']
+//
+// The gateway runs with the data plane's Node.js flags (dataplane/node-flags.ts) unless --node-flags
+// says otherwise ('' for none).
 //
 // The upstream (test/bench/sse-upstream.ts) runs in its own process, as a model server does: a
 // direct client crosses one process boundary each way, a client through gpugate two, and the
@@ -28,6 +32,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Pool } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway } from './gateway-process.ts';
 import { startBenchPostgres } from './postgres.ts';
 
@@ -41,6 +46,7 @@ const { values } = parseArgs({
     'keep-alive': { type: 'boolean', default: false },
     'prompt-bytes': { type: 'string', default: '0' },
     metered: { type: 'boolean', default: false },
+    'node-flags': { type: 'string' },
   },
 });
 const STREAMS = Number(values.streams);
@@ -77,7 +83,11 @@ if (postgres) {
   await migrate(db);
   await db.end();
 }
-const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url } : {});
+const nodeFlags =
+  values['node-flags'] === undefined
+    ? DATAPLANE_NODE_FLAGS
+    : values['node-flags'].split(' ').filter((f) => f !== '');
+const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url, nodeFlags } : { nodeFlags });
 
 const body = JSON.stringify({
   model: 'bench-model',

@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
@@ -84,6 +85,19 @@ describe('container image', () => {
     const runtime = dockerfile.slice(dockerfile.lastIndexOf('FROM '));
     expect(runtime.lastIndexOf('USER ')).toBeGreaterThan(runtime.lastIndexOf('COPY '));
     expect(dockerfile).not.toMatch(/^ADD /m);
+  });
+
+  it("starts the data plane with the Node.js flags of dataplane/node-flags.ts, as the chart's command does", () => {
+    const cmd = /^CMD\s+(\[.*\])$/m.exec(dockerfile);
+    expect(cmd).not.toBeNull();
+    expect(JSON.parse(cmd![1]!)).toEqual(['node', ...DATAPLANE_NODE_FLAGS, 'dataplane/main.ts']);
+    const template = readFileSync(
+      join(ROOT, 'charts', 'gpugate', 'templates', 'dataplane-deployment.yaml'),
+      'utf8',
+    );
+    const command = /^\s+command:\s+(\[.*"dataplane\/main\.ts"\])$/m.exec(template);
+    expect(command).not.toBeNull();
+    expect(JSON.parse(command![1]!)).toEqual(['node', ...DATAPLANE_NODE_FLAGS, 'dataplane/main.ts']);
   });
 
   it.each(['dataplane/main.ts', 'operator/main.ts'])(

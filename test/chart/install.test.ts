@@ -11,6 +11,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Simulator } from '../fixtures/gpusim/index.ts';
 import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
@@ -98,7 +99,8 @@ describe('the chart installed, with the operator from source as its service acco
     const tokenFile = join(mkdtempSync(join(tmpdir(), 'gpugate-chart-')), 'token');
     writeFileSync(tokenFile, await secretValue(ns, 'gpugate-push-token', 'token'), { mode: 0o600 });
     dpEnv.GPUGATE_PUSH_TOKEN_FILE = tokenFile;
-    expect(dp.c.command).toEqual(['node', 'dataplane/main.ts']);
+    // startDataPlaneProcess runs the same command: node <DATAPLANE_NODE_FLAGS> dataplane/main.ts.
+    expect(dp.c.command).toEqual(['node', ...DATAPLANE_NODE_FLAGS, 'dataplane/main.ts']);
     // --drain-ms 0 (the fixture's) wins over the chart's GPUGATE_DRAIN_MS.
     dataPlane = await startDataPlaneProcess({ env: dpEnv, timeoutMs: 60_000 });
 

@@ -24,6 +24,7 @@ const TOKEN = 'sidecar-tls-push-token';
 
 interface Container {
   name: string;
+  command?: string[];
   args: string[];
   volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
 }
@@ -126,6 +127,9 @@ spec:
     writeFileSync(join(projected, 'tls.crt'), pair.cert);
     writeFileSync(join(projected, 'tls.key'), pair.key);
     writeFileSync(join(dir, 'token'), TOKEN);
+    // command: node and its flags; args: the script and its flags.
+    const [node, ...nodeFlags] = sidecar.command ?? [];
+    expect(node).toBe('node');
     const [script, ...flags] = sidecar.args;
     const args = flags.map((a) => {
       const [flag, value] = a.split('=', 2) as [string, string];
@@ -141,7 +145,7 @@ spec:
         `--tls-key-file=${join(projected, 'tls.key')}`,
       ]),
     );
-    const p = startProcess(script!, ['--host=127.0.0.1', '--admin-host=127.0.0.1', ...args]);
+    const p = startProcess(script!, ['--host=127.0.0.1', '--admin-host=127.0.0.1', ...args], {}, nodeFlags);
     try {
       const listening = await p.waitFor('data plane listening');
       const url = listening.url as string;

@@ -1,9 +1,11 @@
 // Health: passive ejection when an upstream dies and recovery when it comes back, active checks
 // against the simulator's /health, and panic routing when nothing is healthy.
+import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { Backend } from '../../dataplane/config/snapshot.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
+import { MAX_METRICS_BYTES } from '../../dataplane/upstream/health.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
 import {
   apiKey,
@@ -128,4 +130,69 @@ describe('health', () => {
       await metric(plane, 'gpugate_upstream_panic_routing_total{backend="ns/panic"}'),
     ).toBeGreaterThanOrEqual(1);
   });
+
+  it('reads at most a bounded part of a huge health-check or metrics body: the check still passes on its 200, the scrape is skipped', async () => {
+    const huge = 64 * 1024 * 1024;
+    const cut: Record<string, number> = {};
+    const up = await cleanups.upstream('huge-bodies', (req, res) => {
+      const path = req.url ?? '';
+      if (path === '/health' || path === '/metrics') {
+        res.once('close', () => {
+          if (!res.writableFinished) cut[path] = (cut[path] ?? 0) + 1;
+        });
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        // A valid metric first, so a scrape that read it all would have a load to show.
+        res.write('vllm:num_requests_waiting 7\n');
+        hugeComments(huge).pipe(res);
+        return;
+      }
+      const payload = JSON.stringify({
+        choices: [{ index: 0, message: { role: 'assistant', content: 'hi' } }],
+      });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(payload);
+    });
+    const plane = await planeWith(
+      backend('ns/huge', [up.url], {
+        balancing: {
+          policy: 'QueueAware',
+          maxInflightPerEndpoint: 0,
+          maxQueue: 0,
+          queueTimeoutMs: 1000,
+          metricsPath: '/metrics',
+        },
+        healthCheck: {
+          path: '/health',
+          intervalMs: 30,
+          timeoutMs: 5000,
+          healthyThreshold: 1,
+          unhealthyThreshold: 1,
+        },
+      }),
+      { scrapeIntervalMs: 50 },
+    );
+    // Both kinds of request were cut short, more than once: the data plane stopped reading them.
+    await until(() => (cut['/health'] ?? 0) >= 2 && (cut['/metrics'] ?? 0) >= 2);
+    expect(await send(plane)).toBe(200);
+    expect(await metric(plane, 'gpugate_upstream_panic_routing_total{backend="ns/huge"}')).toBe(0);
+    expect(await metric(plane, 'gpugate_upstream_health_check_transitions_total{backend="ns/huge"}')).toBe(0);
+    const status = (await (await request(plane.adminUrl + '/upstreams')).body.json()) as {
+      endpoints: { load: unknown }[];
+    }[];
+    expect(status[0]?.endpoints[0]?.load).toBeNull();
+    expect(MAX_METRICS_BYTES).toBeLessThan(huge);
+  });
 });
+
+/** `bytes` of Prometheus comment lines, generated as they are read. */
+function hugeComments(bytes: number): Readable {
+  const line = Buffer.from(`# ${'x'.repeat(1021)}\n`);
+  let sent = 0;
+  return new Readable({
+    read() {
+      if (sent >= bytes) return this.push(null);
+      sent += line.length;
+      this.push(line);
+    },
+  });
+}
