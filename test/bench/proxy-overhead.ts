@@ -9,7 +9,7 @@
 // comes back within a gap (the gaps are tens of milliseconds; the latencies measured, about one).
 //
 //   node test/bench/proxy-overhead.ts [--seconds 8] [--rounds 3] [--connections 64] [--latency-seconds 10]
-//                                     [--backend nginx|node]
+//                                     [--backend nginx|node] [--node-flags='<flags>']
 //
 // Needs wrk, nginx and haproxy on PATH (Debian: apt-get install wrk nginx-light haproxy); a missing
 // proxy is skipped and said so.
@@ -19,6 +19,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 
 const { values } = parseArgs({
   options: {
@@ -29,6 +30,8 @@ const { values } = parseArgs({
     // nginx: `return 200` of a fixed body (about 5 µs per request); node: test/bench/backend-node.ts,
     // the same body from node:http (a model server's HTTP layer in a GC'd runtime).
     backend: { type: 'string', default: 'nginx' },
+    // The gateway's Node.js flags: the data plane's own (dataplane/node-flags.ts) unless given ('' for none).
+    'node-flags': { type: 'string' },
   },
 });
 if (values.backend !== 'nginx' && values.backend !== 'node') {
@@ -251,7 +254,12 @@ backend be
   }
 
   const keyFile = join(dir, 'key');
+  const nodeFlags =
+    values['node-flags'] === undefined
+      ? DATAPLANE_NODE_FLAGS
+      : values['node-flags'].split(' ').filter((f) => f !== '');
   const gpugate = start('gpugate', node, [
+    ...nodeFlags,
     'test/bench/gpugate-runner.ts',
     String(PORTS.gpugate),
     upstream,
