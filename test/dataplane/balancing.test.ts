@@ -2,6 +2,7 @@
 import type { ServerResponse } from 'node:http';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import type { BackendView } from '../../dataplane/admin/views.ts';
 import type { Backend } from '../../dataplane/config/snapshot.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import {
@@ -36,6 +37,70 @@ function send(
     body: chat(model),
     headers: { 'content-type': 'application/json', authorization: `Bearer ${acme.secret}` },
   }).then(async (r) => ({ status: r.statusCode, body: await r.body.text(), headers: r.headers }));
+}
+
+interface ModelLoad {
+  waiting: number;
+  running: number;
+  kv: number;
+}
+
+/** An upstream that answers chat requests with its name and /metrics with vLLM gauges from `load[name]`. */
+function metricsUpstream(name: string, load: Record<string, ModelLoad>): Promise<Upstream> {
+  return cleanups.upstream(name, (req, res) => {
+    if (req.url === '/metrics') {
+      const l = load[name]!;
+      res.end(
+        `# HELP vllm:num_requests_waiting x\nvllm:num_requests_waiting{model_name="m"} ${l.waiting}\n` +
+          `vllm:num_requests_running{model_name="m"} ${l.running}\nvllm:kv_cache_usage_perc{model_name="m"} ${l.kv}\n`,
+      );
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ upstream: name }));
+  });
+}
+
+function queueAwareBackend(id: string, urls: string[]): Backend {
+  return backend(id, urls, {
+    balancing: {
+      policy: 'QueueAware',
+      maxInflightPerEndpoint: 0,
+      maxQueue: 0,
+      queueTimeoutMs: 1000,
+      metricsPath: '/metrics',
+    },
+  });
+}
+
+/**
+ * Waits (bounded) until the admin view shows, for every endpoint URL given, the load its model server
+ * reports: the data plane has scraped and stored it, so the next pick uses it.
+ */
+async function untilScraped(
+  plane: DataPlane,
+  expected: Record<string, ModelLoad>,
+  maxMs = 15_000,
+): Promise<void> {
+  const end = Date.now() + maxMs;
+  for (;;) {
+    const res = await request(plane.adminUrl + '/admin/backends', {
+      headers: { authorization: 'Bearer push-token-for-tests' },
+    });
+    const { backends } = (await res.body.json()) as { backends: BackendView[] };
+    const loads = Object.fromEntries(backends.flatMap((b) => b.endpoints).map((e) => [e.url, e.load]));
+    const match = Object.entries(expected).every(([url, l]) => {
+      const got = loads[url];
+      return got && got.waiting === l.waiting && got.running === l.running && got.kvCacheUsage === l.kv;
+    });
+    if (match) return;
+    if (Date.now() > end) {
+      throw new Error(
+        `scraped load not shown after ${maxMs} ms: want ${JSON.stringify(expected)}, saw ${JSON.stringify(loads)}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 describe('balancing', () => {
@@ -86,54 +151,57 @@ describe('balancing', () => {
     await Promise.all(pending);
   });
 
-  it('QueueAware sends traffic to the endpoint whose model server reports the shorter queue', async () => {
-    const load: Record<string, { waiting: number; running: number; kv: number }> = {
-      busy: { waiting: 12, running: 16, kv: 0.95 },
-      idle: { waiting: 0, running: 1, kv: 0.1 },
-    };
-    const scrapes: Record<string, number> = { busy: 0, idle: 0 };
-    const metricsUpstream = (name: string) =>
-      cleanups.upstream(name, (req, res) => {
-        if (req.url === '/metrics') {
-          scrapes[name] = (scrapes[name] ?? 0) + 1;
-          const l = load[name]!;
-          res.end(
-            `# HELP vllm:num_requests_waiting x\nvllm:num_requests_waiting{model_name="m"} ${l.waiting}\n` +
-              `vllm:num_requests_running{model_name="m"} ${l.running}\nvllm:kv_cache_usage_perc{model_name="m"} ${l.kv}\n`,
-          );
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ upstream: name }));
+  // Scraped load counts for 3 scrape intervals; older, the pick falls back to LeastRequest (a random one
+  // of two here). With 250 ms intervals this test needed each batch sent within 750 ms of a scrape, which a
+  // loaded machine did not always give. With 60 s a scrape stays fresh for 180 s, longer than the test
+  // may run (its own timeout), so no stall can make a pick fall back. A runtime scrapes when it starts,
+  // then on its interval: the test applies a changed snapshot to have the moved load scraped at once, and
+  // waits until the admin view shows each load before sending (bounded).
+  it(
+    'QueueAware sends traffic to the endpoint whose model server reports the shorter queue',
+    { timeout: 60_000 },
+    async () => {
+      const load: Record<string, ModelLoad> = {
+        busy: { waiting: 12, running: 16, kv: 0.95 },
+        idle: { waiting: 0, running: 1, kv: 0.1 },
+      };
+      const busy = await metricsUpstream('busy', load);
+      const idle = await metricsUpstream('idle', load);
+      const be = queueAwareBackend('ns/qa', [busy.url, idle.url]);
+      const plane = await planeWith(be, { scrapeIntervalMs: 60_000 });
+      await untilScraped(plane, { [busy.url]: load.busy!, [idle.url]: load.idle! });
+      const count = (up: Upstream) => up.requests.filter((r) => r.url !== '/metrics').length;
+      for (let i = 0; i < 20; i++) await send(plane);
+      expect(count(idle)).toBe(20);
+      expect(count(busy)).toBe(0);
+      // The load moves; a new runtime (any content change) scrapes it, and the other endpoint is preferred.
+      load.busy = { waiting: 0, running: 0, kv: 0 };
+      load.idle = { waiting: 20, running: 16, kv: 0.9 };
+      expect(plane.applySnapshot(snapshotFor(be, acme.key, { replicas: 2 }))).toMatchObject({
+        changed: true,
       });
-    const busy = await metricsUpstream('busy');
-    const idle = await metricsUpstream('idle');
-    const plane = await planeWith(
-      backend('ns/qa', [busy.url, idle.url], {
-        balancing: {
-          policy: 'QueueAware',
-          maxInflightPerEndpoint: 0,
-          maxQueue: 0,
-          queueTimeoutMs: 1000,
-          metricsPath: '/metrics',
-        },
-      }),
-      // Metrics older than 3 scrape intervals make the pick fall back to LeastRequest: 250 ms keeps the
-      // scraped load fresh for 750 ms, longer than a loaded machine delays a scrape timer.
-      { scrapeIntervalMs: 250 },
-    );
-    await until(() => scrapes.busy! > 1 && scrapes.idle! > 1);
-    const count = (up: Upstream) => up.requests.filter((r) => r.url !== '/metrics').length;
-    for (let i = 0; i < 20; i++) await send(plane);
-    expect(count(idle)).toBe(20);
-    expect(count(busy)).toBe(0);
-    // The load moves: after the next scrapes the other endpoint is preferred.
-    load.busy = { waiting: 0, running: 0, kv: 0 };
-    load.idle = { waiting: 20, running: 16, kv: 0.9 };
-    const seen = { busy: scrapes.busy!, idle: scrapes.idle! };
-    await until(() => scrapes.busy! > seen.busy + 1 && scrapes.idle! > seen.idle + 1);
-    for (let i = 0; i < 20; i++) await send(plane);
-    expect(count(busy)).toBe(20);
+      await untilScraped(plane, { [busy.url]: load.busy, [idle.url]: load.idle });
+      for (let i = 0; i < 20; i++) await send(plane);
+      expect(count(busy)).toBe(20);
+      expect(count(idle)).toBe(20);
+    },
+  );
+
+  it('QueueAware scrapes the model servers again every scrapeIntervalMs', async () => {
+    const load: Record<string, ModelLoad> = {
+      a: { waiting: 3, running: 2, kv: 0.5 },
+      b: { waiting: 0, running: 1, kv: 0.1 },
+    };
+    const a = await metricsUpstream('a', load);
+    const b = await metricsUpstream('b', load);
+    const plane = await planeWith(queueAwareBackend('ns/qa', [a.url, b.url]), { scrapeIntervalMs: 250 });
+    await untilScraped(plane, { [a.url]: load.a!, [b.url]: load.b! });
+    const scrapes = a.requests.filter((r) => r.url === '/metrics').length;
+    // No new snapshot: only the interval's scrapes can bring the change in (waited for, bounded).
+    load.a = { waiting: 0, running: 0, kv: 0 };
+    load.b = { waiting: 7, running: 16, kv: 0.9 };
+    await untilScraped(plane, { [a.url]: load.a, [b.url]: load.b });
+    expect(a.requests.filter((r) => r.url === '/metrics').length).toBeGreaterThan(scrapes);
   });
 
   it('queues requests when every endpoint is at maxInflightPerEndpoint and answers 503 with Retry-After when the queue is full', async () => {

@@ -127,6 +127,31 @@ async function status(url: string, secret?: string): Promise<number> {
   return res.statusCode;
 }
 
+/** The bootstrap's backoff: 200 ms doubling, capped at 5 s (docs/decisions.md). */
+const BACKOFF_MS = [200, 400, 800, 1600, 3200, 5000, 5000, 5000];
+/** Failed bootstrap attempts to wait for while the operator is away: enough to reach the cap. */
+const FAILED_ATTEMPTS = 6;
+
+interface AttemptLine {
+  time: number;
+  attempt: number;
+  retryInMs?: number;
+}
+
+/** The data plane's bootstrap log lines with this msg, in order. */
+function attemptLines(p: DataPlaneProcess, msg: string): AttemptLine[] {
+  const out: AttemptLine[] = [];
+  for (const l of p.log().split('\n')) {
+    if (!l.includes(`"msg":${JSON.stringify(msg)}`)) continue;
+    try {
+      out.push(JSON.parse(l) as AttemptLine);
+    } catch {
+      /* a line still being written */
+    }
+  }
+  return out;
+}
+
 describe('operator away', () => {
   it('operator killed: a data plane keeps serving its last snapshot; one started meanwhile stays unready (503) until the operator returns', async () => {
     const sim = await startSimulator({
@@ -162,34 +187,54 @@ describe('operator away', () => {
       planes.push(late);
       await new Promise((r) => setTimeout(r, FAULT_MS));
       // More than 20 answers while the operator is away, counted rather than expected of FAULT_MS: a
-      // loaded machine keeps it away a little longer instead (bounded).
+      // loaded machine keeps it away a little longer instead (bounded). The late plane's failed attempts
+      // are counted too, until its backoff has reached the cap.
       const startedDuring = () => load.outcomes.filter((o) => o.startedAt > killedAt);
+      const unreachable = () => attemptLines(late, 'operator unreachable; retrying');
       await eventually(() => startedDuring().length > 20, 30_000);
+      await eventually(() => unreachable().length >= FAILED_ATTEMPTS, 30_000);
       const lateReady = await status(late.adminUrl + '/readyz');
       const lateProxy = await status(late.url + '/v1/chat/completions', key.secret);
       const firstReady = await status(first.adminUrl + '/readyz');
       const duringOutage = startedDuring();
       operator = await startOperator(snap, operatorPort);
       const back = Date.now();
-      // The late data plane retries with backoff capped at 5 s.
-      const lateServing = await eventually(
-        async () => (await status(late.adminUrl + '/readyz')) === 200,
-        15_000,
-      );
-      const lateAfterMs = Date.now() - back;
+      // The late data plane asks again after its current backoff (at most 5 s); bounded here, not asserted.
+      const applied = await late.waitFor('snapshot from the operator', 30_000);
+      const lateReadyAfter = await status(late.adminUrl + '/readyz');
       const lateProxyAfter = await status(late.url + '/v1/chat/completions', key.secret);
       const outcomes = await load.stop();
+      const failures = unreachable();
+      const waits = failures.map((f) => f.retryInMs);
+      // How long it actually waited after each failure (measured, printed; only its lower bound is asserted).
+      const times = [...failures.map((f) => f.time), applied.time as number];
+      const gaps = failures.map((f, i) => times[i + 1]! - f.time);
+      const failedAfterBack = failures.filter((f) => f.time > back).length;
       console.log(
         `operator away ${FAULT_MS} ms: serving plane ${duringOutage.length} requests ${JSON.stringify(countByStatus(duringOutage))}, ` +
           `readyz ${firstReady}; plane started meanwhile: readyz ${lateReady}, proxy ${lateProxy}; ` +
-          `after the operator returned it served in ${lateAfterMs} ms (proxy ${lateProxyAfter}); whole load ${JSON.stringify(countByStatus(outcomes))}`,
+          `its bootstrap: ${failures.length} failed attempts announcing waits ${JSON.stringify(waits)} ms, ` +
+          `waited ${JSON.stringify(gaps)} ms, ${failedAfterBack} failed after the operator returned, ` +
+          `snapshot applied at attempt ${String(applied.attempt)} ${(applied.time as number) - back} ms after it returned ` +
+          `(readyz ${lateReadyAfter}, proxy ${lateProxyAfter}); whole load ${JSON.stringify(countByStatus(outcomes))}`,
       );
       expect(duringOutage.length).toBeGreaterThan(20);
       expect(duringOutage.every((o) => o.status === 200)).toBe(true);
       expect(firstReady).toBe(200);
       expect(lateReady).toBe(503);
       expect(lateProxy).toBe(503);
-      expect(lateServing).toBe(true);
+      // The backoff the data plane states: attempts numbered without a gap, 200 ms doubling up to the
+      // 5 s cap, which the count above made it reach.
+      expect(failures.map((f) => f.attempt)).toEqual(failures.map((_, i) => i + 1));
+      expect(failures.length).toBeGreaterThanOrEqual(FAILED_ATTEMPTS);
+      expect(waits).toEqual(failures.map((_, i) => BACKOFF_MS[Math.min(i, BACKOFF_MS.length - 1)]));
+      // It waited at least that long each time (10 ms: pino's wall clock against the timers' monotonic one).
+      for (const [i, gap] of gaps.entries())
+        expect(gap, `wait after attempt ${i + 1}`).toBeGreaterThanOrEqual(waits[i]! - 10);
+      // Once the operator is back, the attempt in flight may still fail; the next one applies the snapshot.
+      expect(failedAfterBack).toBeLessThanOrEqual(1);
+      expect(applied.attempt).toBe(failures.length + 1);
+      expect(lateReadyAfter).toBe(200);
       expect(lateProxyAfter).toBe(200);
     } finally {
       for (const p of planes) await p.kill();

@@ -3,12 +3,16 @@
 // saw, what the simulators received and what Postgres stored.
 import { describe, expect, it } from 'vitest';
 import { useTestDatabase } from '../fixtures/postgres.ts';
-import { countByStatus, eventually, reconcile, SOAK, steadyLoad } from './load.ts';
+import { countByStatus, eventually, reconcile, recordedRequests, SOAK, steadyLoad } from './load.ts';
 import { startFleet } from './fleet.ts';
 
 const db = useTestDatabase();
 const CONCURRENCY = 6;
 const FAULT_MS = SOAK ? 20_000 : 2_000;
+// The hang case's first-byte timeout. It applies to the healthy simulators too, so it is not what the
+// case measures: 800 ms made a healthy simulator's answer a 504 whenever a loaded machine delayed its
+// first byte that long. Every failure is now checked to have reached the hung simulator instead.
+const HANG_FIRST_BYTE_MS = 3_000;
 
 /** The data plane's outlier ejections so far (its /metrics, which needs no token). */
 async function ejections(adminUrl: string): Promise<number> {
@@ -62,7 +66,7 @@ describe('GPU endpoint faults under load', () => {
     const fleet = await startFleet({
       databaseUrl: db.url,
       endpoints: 3,
-      backend: { timeouts: { connectMs: 1000, firstByteMs: 800, totalMs: 10_000 } },
+      backend: { timeouts: { connectMs: 1000, firstByteMs: HANG_FIRST_BYTE_MS, totalMs: 10_000 } },
       // The default first ejection lasts 5 s, after which the hung endpoint is tried again: the
       // stretch of traffic after ejection below can take longer than that on a loaded machine.
       plane: { outlier: { consecutiveFailures: 5, baseEjectionMs: 600_000, maxEjectionMs: 600_000 } },
@@ -90,15 +94,34 @@ describe('GPU endpoint faults under load', () => {
       const failedAfterEjection = outcomes
         .slice(before)
         .filter((o) => o.status !== 200 && o.startedAt > ejectedAt);
+      // What reached the simulator once it hung, by the X-Request-Id the client sent (the simulator
+      // records a request on arrival, before hang mode holds it).
+      const hung = new Set(
+        recordedRequests(fleet.sims[1]!)
+          .filter((q) => q.path === '/v1/chat/completions' && q.at >= hungAt)
+          .map((q) => String(q.headers['x-request-id'])),
+      );
+      const failedElsewhere = failed.filter((o) => !hung.has(o.id));
+      // Picked after the ejection the data plane reported: the client sent them after it saw the metric.
+      const hungAfterEjection = outcomes.filter((o) => o.startedAt > ejectedAt && hung.has(o.id));
       console.log(
         `endpoint hangs: ${outcomes.length} requests, statuses ${JSON.stringify(countByStatus(outcomes))}, ` +
-          `last timeout ${lastFailureEnd - hungAt} ms after the hang began (first-byte timeout 800 ms), ` +
-          `ejection seen ${ejectedAt - hungAt} ms after it, ` +
+          `last timeout ${lastFailureEnd - hungAt} ms after the hang began (first-byte timeout ${HANG_FIRST_BYTE_MS} ms), ` +
+          `ejection seen ${ejectedAt - hungAt} ms after it, ${hung.size} requests reached the endpoint once it hung ` +
+          `(${hungAfterEjection.length} sent after the ejection), ${failedElsewhere.length} failures that did not; ` +
           `${failedAfterEjection.length} failures among the ${outcomes.length - before} requests sent after ejection; ` +
           JSON.stringify(r),
       );
       expect(ejected).toBe(true);
-      expect(failed.every((o) => o.status === 504)).toBe(true);
+      // Every failure is a first-byte timeout of a request the hung endpoint held, none of a healthy one.
+      expect(failed.every((o) => o.status === 504 && o.errorCode === 'upstream_first_byte_timeout')).toBe(
+        true,
+      );
+      expect(failedElsewhere, 'failed requests that never reached the hung endpoint').toEqual([]);
+      // Ejected means not picked: nothing sent after the reported ejection reached the hung endpoint.
+      expect(hungAfterEjection, 'requests sent after the ejection that reached the hung endpoint').toEqual(
+        [],
+      );
       // Five consecutive failures eject; requests already queued on it when that happens fail too.
       expect(failed.length).toBeLessThanOrEqual(5 + CONCURRENCY);
       expect(failedAfterEjection).toHaveLength(0);
