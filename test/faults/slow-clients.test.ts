@@ -18,6 +18,7 @@ describe('slow clients', () => {
     const plane = await startPlane({ headersTimeoutMs: HEADERS_TIMEOUT_MS });
     const sockets: Socket[] = [];
     let replacing = true;
+    let trickle: ReturnType<typeof setInterval> | undefined;
     try {
       plane.applySnapshot(
         snapshot({ backends: [backend('team/up', [up.url])], tenants: [tenant('team/a')], keys: [key.key] }),
@@ -42,7 +43,7 @@ describe('slow clients', () => {
       };
       for (let i = 0; i < SLOW_SOCKETS; i++) open();
       // One header byte every 100 ms: never completes, never idle long enough for an idle timeout.
-      const trickle = setInterval(() => {
+      trickle = setInterval(() => {
         for (const s of sockets) if (!s.destroyed) s.write('X');
       }, 100);
       const load = steadyLoad({
@@ -75,6 +76,7 @@ describe('slow clients', () => {
       expect(up.requests.every((r) => r.url === '/v1/chat/completions')).toBe(true);
     } finally {
       replacing = false;
+      clearInterval(trickle);
       for (const s of sockets) s.destroy();
       await plane.close({ drainMs: 0 });
       await up.close();
