@@ -53,8 +53,12 @@ typecheck: $(DEPS_STAMP) ## TypeScript strict type check
 
 check: lint typecheck crds-check ## Lint, format check, type check and CRD drift check
 
+# The data plane's Node.js flags (dataplane/node-flags.ts; test/chart/image.test.ts checks this copy):
+# they bound the memory a large streamed body costs. Standalone mode runs the data plane in its process.
+DATAPLANE_NODE_FLAGS := --scavenger-max-new-space-capacity-mb=4 --no-concurrent-array-buffer-sweeping
+
 run: $(DEPS_STAMP) ## Start gpugate locally: embedded Postgres, GPU simulator, data plane (no cluster)
-	tsx operator/standalone/main.ts
+	tsx $(DATAPLANE_NODE_FLAGS) operator/standalone/main.ts
 
 simulator: $(DEPS_STAMP) ## Start one GPU backend simulator on :8001 (ARGS=--help for its flags)
 	tsx test/fixtures/gpusim/main.ts $(ARGS)

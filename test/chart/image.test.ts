@@ -87,7 +87,7 @@ describe('container image', () => {
     expect(dockerfile).not.toMatch(/^ADD /m);
   });
 
-  it("starts the data plane with the Node.js flags of dataplane/node-flags.ts, as the chart's command does", () => {
+  it("starts the data plane with the Node.js flags of dataplane/node-flags.ts, as the chart's command and make run do", () => {
     const cmd = /^CMD\s+(\[.*\])$/m.exec(dockerfile);
     expect(cmd).not.toBeNull();
     expect(JSON.parse(cmd![1]!)).toEqual(['node', ...DATAPLANE_NODE_FLAGS, 'dataplane/main.ts']);
@@ -98,6 +98,12 @@ describe('container image', () => {
     const command = /^\s+command:\s+(\[.*"dataplane\/main\.ts"\])$/m.exec(template);
     expect(command).not.toBeNull();
     expect(JSON.parse(command![1]!)).toEqual(['node', ...DATAPLANE_NODE_FLAGS, 'dataplane/main.ts']);
+    // `make run` (standalone mode: the data plane runs in that process) passes the same flags.
+    const makefile = readFileSync(join(ROOT, 'Makefile'), 'utf8');
+    const flags = /^DATAPLANE_NODE_FLAGS := (.*)$/m.exec(makefile);
+    expect(flags).not.toBeNull();
+    expect(flags![1]!.trim().split(/\s+/)).toEqual([...DATAPLANE_NODE_FLAGS]);
+    expect(makefile).toMatch(/^\ttsx \$\(DATAPLANE_NODE_FLAGS\) operator\/standalone\/main\.ts$/m);
   });
 
   it.each(['dataplane/main.ts', 'operator/main.ts'])(
