@@ -264,8 +264,10 @@ export function askForStreamUsage(request: Readonly<Record<string, unknown>>, ra
 const MAX_PENDING_EVENT = 1 << 20;
 
 /**
- * Removes the usage-only final chunk (`"choices": []` with a usage object) from an SSE stream whose
- * client did not ask for it. Complete events pass at once; only an event split across chunks waits
+ * Removes what asking for usage added to an SSE stream whose client did not ask for it: the
+ * usage-only final chunk (`"choices": []` with a usage object), and the `"usage":null` member the
+ * backend then puts in every other chunk (OpenAI and vLLM do), so the client sees the stream a direct
+ * call would have given it. Complete events pass at once; only an event split across chunks waits
  * for its end, which a client could not have used earlier anyway.
  */
 export class UsageChunkFilter {
@@ -276,11 +278,12 @@ export class UsageChunkFilter {
 
   /**
    * What to pass to the client now. A chunk of whole events none of which can be usage-only (no
-   * empty JSON array in it) is returned as it came, not decoded and re-encoded: most token chunks.
+   * empty JSON array in it) is not decoded and re-encoded: most token chunks, returned as they came
+   * but for their `"usage":null` members.
    */
   push(chunk: Buffer): Buffer | string {
     const whole = endsWithBlankLine(chunk);
-    if (this.#clean && whole && !hasEmptyArray(chunk)) return chunk;
+    if (this.#clean && whole && !hasEmptyArray(chunk)) return withoutNullUsage(chunk);
     const out = this.#filter(chunk);
     this.#clean = whole && this.#pending === '';
     return out;
@@ -294,7 +297,7 @@ export class UsageChunkFilter {
       const end = text.indexOf('\n\n', start);
       if (end < 0) break;
       const event = text.slice(start, end + 2);
-      if (!isUsageOnlyEvent(event)) out += event;
+      if (!isUsageOnlyEvent(event)) out += event.includes(NULL_USAGE_KEY) ? dropNullUsage(event) : event;
       start = end + 2;
     }
     this.#pending = text.slice(start);
@@ -311,6 +314,40 @@ export class UsageChunkFilter {
     this.#pending = '';
     return rest;
   }
+}
+
+const NULL_USAGE_KEY = '"usage"';
+/**
+ * The member as backends write it: compact (vLLM, most servers) or with Python's default separators.
+ * Unescaped, `,"usage"` cannot occur inside a JSON string (its quote would be `\"` there), so a match
+ * is always a member, and removing it with its leading comma leaves valid JSON. A `"usage":null` that
+ * is an object's first member is left as it is (no backend seen writes it first).
+ */
+const NULL_USAGE = [',"usage":null', ', "usage": null'];
+const NULL_USAGE_BYTES = NULL_USAGE.map((m) => Buffer.from(m));
+
+function withoutNullUsage(chunk: Buffer): Buffer {
+  let out = chunk;
+  for (const member of NULL_USAGE_BYTES) {
+    let at = out.indexOf(member);
+    if (at < 0) continue;
+    const parts: Buffer[] = [];
+    let from = 0;
+    while (at >= 0) {
+      parts.push(out.subarray(from, at));
+      from = at + member.length;
+      at = out.indexOf(member, from);
+    }
+    parts.push(out.subarray(from));
+    out = Buffer.concat(parts);
+  }
+  return out;
+}
+
+function dropNullUsage(event: string): string {
+  let out = event;
+  for (const member of NULL_USAGE) out = out.replaceAll(member, '');
+  return out;
 }
 
 function endsWithBlankLine(chunk: Buffer): boolean {

@@ -46,6 +46,10 @@ describe('stream usage', () => {
     const text = await stream('su-1', {});
     expect(text).toContain('[DONE]');
     expect(text).not.toMatch(/"choices":\s*\[\]/);
+    // Nor the "usage": null the backend puts in every token chunk once usage is asked for: the client
+    // gets the stream a direct call without stream_options gives.
+    expect(text).toContain('"delta"');
+    expect(text).not.toContain('"usage"');
     await until(() => sink.events.some((e) => e.requestId === 'su-1'));
     const event = sink.events.find((e) => e.requestId === 'su-1')!;
     expect(event).toMatchObject({ outputTokens: 7, tokensEstimated: false });
@@ -55,6 +59,8 @@ describe('stream usage', () => {
   it('passes the usage chunk through to a client that asked for it', async () => {
     const text = await stream('su-2', { stream_options: { include_usage: true } });
     expect(text).toMatch(/"choices":\s*\[\]/);
+    // The client asked: its token chunks keep the backend's "usage": null, untouched.
+    expect(text).toMatch(/"usage":\s*null/);
     await until(() => sink.events.some((e) => e.requestId === 'su-2'));
     expect(sink.events.find((e) => e.requestId === 'su-2')).toMatchObject({
       outputTokens: 7,

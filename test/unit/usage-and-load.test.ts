@@ -240,8 +240,8 @@ describe('asking for stream usage on the client’s behalf', () => {
 
   it('passes whole token events through byte for byte and still drops a usage-only event with spaced empty choices', () => {
     const filter = new UsageChunkFilter();
-    const tokens = Buffer.from('data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n');
-    expect(Buffer.from(filter.push(tokens)).equals(tokens)).toBe(true);
+    const tokens = Buffer.from('data: {"choices":[{"delta":{"content":"a"}}]}\n\n');
+    expect(filter.push(tokens)).toBe(tokens);
     const invalidUtf8 = Buffer.concat([
       Buffer.from('data: {"x":"'),
       Buffer.from([0xff]),
@@ -253,8 +253,33 @@ describe('asking for stream usage on the client’s behalf', () => {
         'data: {"choices": [ ], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\ndata: [DONE]\n\n',
     );
     expect(filter.push(last).toString()).toBe(
-      'data: {"choices":[{"delta":{"content":"b"}}],"usage":null}\n\ndata: [DONE]\n\n',
+      'data: {"choices":[{"delta":{"content":"b"}}]}\n\ndata: [DONE]\n\n',
     );
+  });
+
+  it('removes the "usage": null member asking for usage added to every token chunk, and nothing that only looks like it', () => {
+    const filter = new UsageChunkFilter();
+    // Compact (vLLM) and Python-spaced members go; text that mentions the member is a JSON string, where
+    // its quotes are escaped, so it stays byte for byte, as does a member named otherwise.
+    const content = '{\\"usage\\":null} and ,\\"usage\\":null';
+    const chunk = Buffer.from(
+      `data: {"id":"c1","choices":[{"delta":{"content":"${content}"}}],"usage":null}\n\n` +
+        `data: {"id":"c2", "choices": [{"delta": {"content": "x"}}], "usage": null}\n\n` +
+        `data: {"id":"c3","choices":[{"delta":{"content":"y"}}],"prompt_usage":null}\n\n`,
+    );
+    const out = filter.push(chunk).toString();
+    expect(out).toBe(
+      `data: {"id":"c1","choices":[{"delta":{"content":"${content}"}}]}\n\n` +
+        `data: {"id":"c2", "choices": [{"delta": {"content": "x"}}]}\n\n` +
+        `data: {"id":"c3","choices":[{"delta":{"content":"y"}}],"prompt_usage":null}\n\n`,
+    );
+    // Every event is still JSON, and the text kept its escaped quotes.
+    const events = out.split('\n\n').filter((e) => e !== '');
+    const parsed = events.map(
+      (e) => JSON.parse(e.slice('data: '.length)) as { choices: { delta: { content: string } }[] },
+    );
+    expect(parsed[0]!.choices[0]!.delta.content).toBe('{"usage":null} and ,"usage":null');
+    expect(parsed.every((p) => !('usage' in p))).toBe(true);
   });
 
   it('keeps the usage-only final chunk from the client, however the stream is split', () => {
@@ -265,7 +290,7 @@ describe('asking for stream usage on the client’s behalf', () => {
       'data: [DONE]\n\n',
     ];
     const whole = Buffer.from(events.join(''));
-    const expected = events[0]! + events[1]! + events[3]!;
+    const expected = (events[0]! + events[1]!).replaceAll(',"usage":null', '') + events[3]!;
     for (const size of [1, 2, 3, 7, 64, whole.length]) {
       const filter = new UsageChunkFilter();
       let out = '';
