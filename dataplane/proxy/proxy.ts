@@ -4,10 +4,10 @@
 // parsing); small JSON bodies are buffered to read their `model` and can then be replayed for
 // retries, everything else streams untouched in both directions.
 //
-// Forwarding uses undici's dispatch API straight into the Node response with undici's dispatch API straight into the Node
-// response: response headers are written when the upstream's arrive, every body chunk is written as
-// it arrives (SSE passes through chunk by chunk) with backpressure from the client pausing the
-// upstream. This avoids an intermediate Readable and Fastify's stream piping on the hot path.
+// Forwarding uses undici's dispatch API straight into the Node response: response headers are
+// written when the upstream's arrive, every body chunk is written as it arrives (SSE passes through
+// chunk by chunk) with backpressure from the client pausing the upstream. This avoids an
+// intermediate Readable and Fastify's stream piping on the hot path.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
