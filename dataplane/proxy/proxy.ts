@@ -430,7 +430,7 @@ class Exchange {
       this.bodyLeft = Number(length);
     // Node sends a head with the first body write. A streamed body's first chunk may be far off (vLLM
     // sends its head before prefill): then the head goes on alone, as the backend sent it.
-    if (headers['content-length'] === undefined) process.nextTick(flushHeadAlone, this);
+    if (length === undefined) process.nextTick(flushHeadAlone, this);
   }
 
   untriedEndpointLeft(cb: CompiledBackend): boolean {
