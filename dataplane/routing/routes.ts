@@ -50,20 +50,13 @@ function resolveMatch<B>(entries: readonly RouteEntry<B>[], models: ModelsOf<B>)
     entries.length > 0 && entries.every((e) => e.route.pathPrefix !== longest || e.route.public);
   const usable = isPublic ? entries.filter((e) => e.route.public) : entries;
   // Only models some usable backend names: a client's arbitrary model string never grows the index.
+  // One pass in usable's order keeps each list longest prefix first.
   const byModel = new Map<string, RouteEntry<B>[]>();
   for (const e of usable) {
     for (const m of models.named(e.backend)) {
-      if (!byModel.has(m)) byModel.set(m, []);
-    }
-  }
-  for (const [m, list] of byModel) {
-    for (const e of usable) {
-      for (const n of models.named(e.backend)) {
-        if (n === m) {
-          list.push(e);
-          break;
-        }
-      }
+      const list = byModel.get(m);
+      if (list === undefined) byModel.set(m, [e]);
+      else if (list.at(-1) !== e) list.push(e);
     }
   }
   const anyModel = usable.filter((e) => models.any(e.backend));

@@ -68,6 +68,8 @@ describe('RouteTable.resolve', () => {
     const sub = table.resolve('/open/private/x', 'GET');
     expect(sub?.isPublic).toBe(false);
     expect(ids(sub?.usable)).toEqual(['open-sub', 'open']);
+    // A model several usable backends name: all of them, longest prefix first.
+    expect(ids(sub?.serving('tiny'))).toEqual(['open-sub', 'open']);
     expect(table.resolve('/mixed', 'GET')?.isPublic).toBe(true);
     const mixed = table.resolve('/mixed', 'POST');
     expect(mixed?.isPublic).toBe(false);
