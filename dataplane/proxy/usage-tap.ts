@@ -112,12 +112,12 @@ export class UsageTap {
 
 const USAGE_KEY = Buffer.from('"usage"');
 
+function isJsonSpace(c: number | undefined): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+}
+
 function skipSpace(b: Buffer, i: number): number {
-  while (i < b.length) {
-    const c = b[i] as number;
-    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
-    i++;
-  }
+  while (i < b.length && isJsonSpace(b[i])) i++;
   return i;
 }
 
@@ -153,8 +153,7 @@ export function trailingUsage(b: Buffer): TokenUsage | null | undefined {
   if (key < 1) return undefined;
   // A key starts after '{' or ','; anything else (e.g. `\"usage"` ending another key) is not this key.
   let before = key - 1;
-  while (before > 0 && (b[before] === 0x20 || b[before] === 0x0a || b[before] === 0x0d || b[before] === 0x09))
-    before--;
+  while (before > 0 && isJsonSpace(b[before])) before--;
   if (b[before] !== 0x7b && b[before] !== 0x2c) return undefined;
   let i = skipSpace(b, key + USAGE_KEY.length);
   if (b[i] !== 0x3a) return undefined; // ':'
@@ -359,13 +358,7 @@ function endsWithBlankLine(chunk: Buffer): boolean {
 function hasEmptyArray(chunk: Buffer): boolean {
   let at = chunk.indexOf(0x5b);
   while (at >= 0) {
-    let i = at + 1;
-    while (
-      i < chunk.length &&
-      (chunk[i] === 0x20 || chunk[i] === 0x0a || chunk[i] === 0x0d || chunk[i] === 0x09)
-    )
-      i++;
-    if (i < chunk.length && chunk[i] === 0x5d) return true;
+    if (chunk[skipSpace(chunk, at + 1)] === 0x5d) return true;
     at = chunk.indexOf(0x5b, at + 1);
   }
   return false;
