@@ -86,10 +86,11 @@ export class UsageTap {
         at = chunk.indexOf(pattern, at + pattern.length);
       }
     }
+    // A chunk shorter than the carry is wholly in the seam, which then ends where the chunk does.
     this.#carry =
       chunk.length >= CARRY_BYTES
         ? chunk.subarray(chunk.length - CARRY_BYTES)
-        : seam.subarray(Math.max(0, carry.length + chunk.length - CARRY_BYTES), carry.length + chunk.length);
+        : seam.subarray(Math.max(0, seam.length - CARRY_BYTES));
   }
 
   /** The usage the backend reported, or null when it reported none (the caller estimates then). */
