@@ -256,12 +256,6 @@ export function createMetrics(registry: Registry, sources: MetricSources): DataP
   };
 }
 
-/** The usage counters of one tenant and backend, by route and by model label. */
-interface UsageSlot {
-  byRoute: Map<string, Record<CodeClass, CounterChild>>;
-  byModel: Map<string, { input: CounterChild; output: CounterChild; credits: CounterChild }>;
-}
-
 /** Distinct model label values kept per process; later ones are counted as "other" (clients choose models). */
 const MAX_MODEL_LABELS = 64;
 
@@ -319,50 +313,36 @@ export function countUsage(registry: Registry, next: UsageSink | null): UsageSin
   };
   // Keys join label values with '\n'; the only client-chosen value (the model) comes last, so two
   // label sets never share a key. They are built once per label set: an event finds its children
-  // through maps keyed by the values themselves.
-  const slots = new Map<string, Map<string, UsageSlot>>();
-  const slotOf = (tenant: string, backend: string): UsageSlot => {
-    let byBackend = slots.get(tenant);
-    if (byBackend === undefined) slots.set(tenant, (byBackend = new Map()));
-    let slot = byBackend.get(backend);
-    if (slot === undefined) byBackend.set(backend, (slot = { byRoute: new Map(), byModel: new Map() }));
-    return slot;
-  };
-  const requestsOf = (slot: UsageSlot, tenant: string, backend: string, route: string) => {
-    let byClass = slot.byRoute.get(route);
-    if (byClass === undefined) {
-      const child = (code: CodeClass) =>
-        requestTally.child(`${tenant}\n${backend}\n${code}\n${route}`, {
-          tenant,
-          backend,
-          route,
-          code_class: code,
-        });
-      byClass = { '2xx': child('2xx'), '3xx': child('3xx'), '4xx': child('4xx'), '5xx': child('5xx') };
-      slot.byRoute.set(route, byClass);
-    }
-    return byClass;
-  };
-  const modelChildrenOf = (slot: UsageSlot, tenant: string, backend: string, model: string) => {
-    let children = slot.byModel.get(model);
-    if (children === undefined) {
-      const key = `${tenant}\n${backend}\n${model}`;
-      children = {
-        input: tokenTally.child(`input\n${key}`, { tenant, backend, model, kind: 'input' }),
-        output: tokenTally.child(`output\n${key}`, { tenant, backend, model, kind: 'output' }),
-        credits: creditTally.child(key, { tenant, backend, model }),
-      };
-      slot.byModel.set(model, children);
-    }
-    return children;
-  };
+  // through caches keyed by the values themselves, tenant, then backend, then route or model.
+  const childrenOf = cached((tenant) =>
+    cached((backend) => ({
+      requests: cached((route) => {
+        const child = (code: CodeClass) =>
+          requestTally.child(`${tenant}\n${backend}\n${code}\n${route}`, {
+            tenant,
+            backend,
+            route,
+            code_class: code,
+          });
+        return { '2xx': child('2xx'), '3xx': child('3xx'), '4xx': child('4xx'), '5xx': child('5xx') };
+      }),
+      models: cached((model) => {
+        const key = `${tenant}\n${backend}\n${model}`;
+        return {
+          input: tokenTally.child(`input\n${key}`, { tenant, backend, model, kind: 'input' }),
+          output: tokenTally.child(`output\n${key}`, { tenant, backend, model, kind: 'output' }),
+          credits: creditTally.child(key, { tenant, backend, model }),
+        };
+      }),
+    })),
+  );
   const count = (e: UsageEvent): void => {
     const { tenant } = e;
     const backend = e.backend ?? '';
-    const slot = slotOf(tenant, backend);
-    requestsOf(slot, tenant, backend, e.route ?? '')[codeClass(e.status)].inc();
+    const counters = childrenOf(tenant)(backend);
+    counters.requests(e.route ?? '')[codeClass(e.status)].inc();
     if (e.inputTokens > 0 || e.outputTokens > 0 || e.credits > 0) {
-      const children = modelChildrenOf(slot, tenant, backend, modelLabel(e.model));
+      const children = counters.models(modelLabel(e.model));
       if (e.inputTokens > 0) children.input.inc(e.inputTokens);
       if (e.outputTokens > 0) children.output.inc(e.outputTokens);
       if (e.credits > 0) children.credits.inc(e.credits);
