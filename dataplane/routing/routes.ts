@@ -36,13 +36,11 @@ export interface RouteMatch<B> {
   serving(model: string): readonly RouteEntry<B>[];
 }
 
-/** What the table needs to know of a backend to index its models (none: every backend serves '*'). */
+/** What the table needs to know of a backend to index its models. */
 export interface ModelsOf<B> {
   named(backend: B): Iterable<string>;
   any(backend: B): boolean;
 }
-
-const EVERY_MODEL: ModelsOf<unknown> = { named: () => [], any: () => true };
 
 function resolveMatch<B>(entries: readonly RouteEntry<B>[], models: ModelsOf<B>): RouteMatch<B> {
   const longest = entries[0]?.route.pathPrefix;
@@ -81,8 +79,8 @@ export class RouteTable<B> {
   readonly #groups: Group<B>[];
   readonly #models: ModelsOf<B>;
 
-  constructor(entries: Iterable<{ backend: B; route: Route }>, models?: ModelsOf<B>) {
-    this.#models = models ?? (EVERY_MODEL as ModelsOf<B>);
+  constructor(entries: Iterable<{ backend: B; route: Route }>, models: ModelsOf<B>) {
+    this.#models = models;
     const byPrefix = new Map<string, RouteEntry<B>[]>();
     for (const { backend, route } of entries) {
       const list = byPrefix.get(route.pathPrefix) ?? [];
@@ -123,10 +121,5 @@ export class RouteTable<B> {
       return match;
     }
     return null;
-  }
-
-  /** resolve()'s entries: null for an unknown path, empty for a method nobody takes on it. */
-  match(path: string, method: string): readonly RouteEntry<B>[] | null {
-    return this.resolve(path, method)?.entries ?? null;
   }
 }
