@@ -297,7 +297,7 @@ export class UsageChunkFilter {
       const end = text.indexOf('\n\n', start);
       if (end < 0) break;
       const event = text.slice(start, end + 2);
-      if (!isUsageOnlyEvent(event)) out += event.includes(NULL_USAGE_KEY) ? dropNullUsage(event) : event;
+      if (!isUsageOnlyEvent(event)) out += dropNullUsage(event);
       start = end + 2;
     }
     this.#pending = text.slice(start);
@@ -316,7 +316,6 @@ export class UsageChunkFilter {
   }
 }
 
-const NULL_USAGE_KEY = '"usage"';
 /**
  * The member as backends write it: compact (vLLM, most servers) or with Python's default separators.
  * Unescaped, `,"usage"` cannot occur inside a JSON string (its quote would be `\"` there), so a match
