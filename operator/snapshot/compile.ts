@@ -140,13 +140,12 @@ function sortById<T extends { id: string }>(items: T[]): T[] {
 
 export function compileSnapshot(input: CompileInput): CompileResult {
   const problems: ObjectProblem[] = [];
-  const secretsByName = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
-  const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s.data]));
+  const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
   const readSecret = (
     namespace: string,
     ref: SecretKeyRef,
   ): { ok: true; value: string } | { ok: false; reason: ProblemReason; message: string } => {
-    const data = secrets.get(`${namespace}/${ref.name}`);
+    const data = secrets.get(`${namespace}/${ref.name}`)?.data;
     if (!data)
       return { ok: false, reason: 'SecretNotFound', message: `Secret ${namespace}/${ref.name} not found` };
     const value = data[ref.key];
@@ -169,7 +168,7 @@ export function compileSnapshot(input: CompileInput): CompileResult {
     tenantIds,
     readSecret,
     (namespace, name) => {
-      const secret = secretsByName.get(`${namespace}/${name}`);
+      const secret = secrets.get(`${namespace}/${name}`);
       return secret ? (secret.ownerUids ?? []) : undefined;
     },
     problems,
