@@ -10,7 +10,7 @@ import {
   GpuBackendSpec,
   TenantSpec,
   generatedSecretName,
-  generatedSecretNames,
+  generatedSecretFor,
   parseDurationMs,
   type ApiKey,
   type GpuBackend,
@@ -470,18 +470,17 @@ function compileKeys(
     // Objects without a UID (standalone mode's manifests) have nothing to match and keep the name.
     const uid = obj.metadata.uid;
     if (!s.secretRef && uid) {
-      const names = generatedSecretNames(obj.metadata.name, uid);
-      const owned = names.find((n) => secretOwners(namespace, n)?.includes(uid));
-      if (owned) ref = { name: owned, key: GENERATED_SECRET_KEY };
-      else if (secretOwners(namespace, names[0]) !== undefined) {
+      const generated = generatedSecretFor(obj.metadata.name, uid, (n) => secretOwners(namespace, n));
+      if (generated.taken) {
         problem(
           'SecretNotOwned',
-          `Secret ${namespace}/${names[0]} is not owned by this ApiKey (uid ${uid}): it belongs to an earlier ` +
+          `Secret ${namespace}/${ref.name} is not owned by this ApiKey (uid ${uid}): it belongs to an earlier ` +
             `object of the same name, or was made by hand, and its key is refused; the key is generated into ` +
-            `Secret ${namespace}/${names[1]}`,
+            `Secret ${namespace}/${generated.name}`,
         );
         continue;
       }
+      ref = { name: generated.name, key: GENERATED_SECRET_KEY };
     }
     const secret = readSecret(namespace, ref);
     if (!secret.ok) {
