@@ -190,29 +190,34 @@ export function compileSnapshot(input: CompileInput): CompileResult {
   };
   // The members' canonical JSON, written once: hashed (without generatedAt and revision) for the revision,
   // and kept as the body every push target and GET /snapshot sends (snapshotJson).
-  const text = {
+  const members = {
     backends: canonicalJson(backends),
     keys: `[${keys.map(canonicalKeyEntry).join(',')}]`,
     schemaVersion: canonicalJson(body.schemaVersion),
     settings: canonicalJson(body.settings),
     tenants: canonicalJson(tenants),
   };
-  const revision = sha256Hex(
-    `{"backends":${text.backends},"keys":${text.keys},"schemaVersion":${text.schemaVersion},` +
-      `"settings":${text.settings},"tenants":${text.tenants}}`,
-  );
+  const revision = sha256Hex(canonicalObject(members));
   const generatedAt = input.now.toISOString();
   const snapshot: Snapshot = { ...body, revision, generatedAt };
   snapshotTexts.set(
     snapshot,
-    `{"backends":${text.backends},"generatedAt":${canonicalJson(generatedAt)},"keys":${text.keys},` +
-      `"revision":${canonicalJson(revision)},"schemaVersion":${text.schemaVersion},` +
-      `"settings":${text.settings},"tenants":${text.tenants}}`,
+    canonicalObject({
+      ...members,
+      generatedAt: canonicalJson(generatedAt),
+      revision: canonicalJson(revision),
+    }),
   );
   problems.sort((a, b) =>
     `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`),
   );
   return { snapshot, problems };
+}
+
+/** An object's canonical JSON from its members' canonical JSON: members sorted as canonicalJson sorts them. */
+function canonicalObject(members: Record<string, string>): string {
+  const names = Object.keys(members).sort();
+  return `{${names.map((name) => `${JSON.stringify(name)}:${members[name]}`).join(',')}}`;
 }
 
 /** Each key entry's canonical JSON, kept with the (memoized, unchanged) entry across compiles. */
