@@ -9,14 +9,13 @@
 // admission refuse fail-closed tenants before that point (see docs/metering.md).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { pino, type Logger } from 'pino';
-import pg from 'pg';
+import type pg from 'pg';
 import { addUtcDays, ensureUsagePartitions, utcDay } from './migrate.ts';
 import type { UsageEvent, UsageSink } from './usage.ts';
 
 export interface MeteringWriterOptions {
-  /** A pool to share, or a URL for a pool of its own (closed by flushAndClose). */
-  pool?: pg.Pool;
-  url?: string;
+  /** The pool to write on; the caller owns it (flushAndClose leaves it open). */
+  pool: pg.Pool;
   /** Flush at least this often while events are buffered. Default 200 ms. */
   flushIntervalMs?: number;
   /** Events per statement; a full batch is flushed at once. Default 2,000. */
@@ -177,9 +176,7 @@ export function guardIdleErrors(pool: pg.Pool, logger: Logger): void {
 }
 
 export function createMeteringWriter(options: MeteringWriterOptions): MeteringWriter {
-  if (!options.pool && !options.url) throw new Error('createMeteringWriter needs pool or url');
-  const ownPool = !options.pool;
-  const pool = options.pool ?? new pg.Pool({ connectionString: options.url, max: 2 });
+  const pool = options.pool;
   const flushIntervalMs = options.flushIntervalMs ?? 200;
   const maxBatch = options.maxBatch ?? 2000;
   const maxBuffer = Math.max(options.maxBuffer ?? 100_000, maxBatch);
@@ -354,7 +351,6 @@ export function createMeteringWriter(options: MeteringWriterOptions): MeteringWr
       if (lost > 0) {
         logger.error({ lost }, 'usage events not written before the shutdown deadline');
       }
-      if (ownPool) await pool.end();
       return { written: written - before, lost };
     },
     isHealthy: () => consecutiveFailures === 0,

@@ -8,13 +8,13 @@
 // A generated Secret counts only when its ownerReferences name this ApiKey's UID, never by name alone: a
 // Secret of the usual name left by a deleted ApiKey of the same name (garbage collection not done yet, or
 // the delete orphaned it) holds a revoked key. The compiler refuses it, and the new key is generated into
-// `<name>-gpugate-key-<uid[:8]>` instead (generatedSecretNames). The stale Secret is never read, rewritten
+// `<name>-gpugate-key-<uid[:8]>` instead (generatedSecretFor). The stale Secret is never read, rewritten
 // or deleted here (the operator has no delete on Secrets); garbage collection removes it when it still
 // names its old owner, and an orphaned one is the user's to delete.
 import {
   API_VERSION,
   GENERATED_SECRET_KEY,
-  generatedSecretNames,
+  generatedSecretFor,
   type ApiKey,
   type ApiKeyStatus,
 } from '../api/v1alpha1/index.ts';
@@ -53,7 +53,8 @@ export function apiKeyReconciler(ctx: ControllerContext): Reconciler {
 
 async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<Outcome> {
   const { namespace = 'default', name } = obj.metadata;
-  const ref = obj.spec.secretRef ?? generatedRef(ctx, obj);
+  const generated = obj.spec.secretRef ? null : generatedSecret(ctx, obj);
+  const ref = obj.spec.secretRef ?? { name: generated!.name, key: GENERATED_SECRET_KEY };
   const secret = ctx.caches.secrets.get(ref.name, namespace);
   if (!obj.spec.secretRef && !secret && (await createKeySecret(ctx, obj, ref.name))) {
     ctx.logger.info({ apiKey: `${namespace}/${name}`, secret: ref.name }, 'generated key Secret');
@@ -66,9 +67,7 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
   // older cache (a Secret just seen still "not found"), so the status waits for that compile.
   if (ctx.deferStatus?.('ApiKey', { namespace, name })) return DONE;
   // A generated name held by a Secret this object does not own (made by hand) shows no prefix either.
-  const usable =
-    obj.spec.secretRef || secret?.metadata?.ownerReferences?.some((o) => o.uid === obj.metadata.uid);
-  const raw = usable ? secret?.data?.[ref.key] : undefined;
+  const raw = !generated || generated.owned ? secret?.data?.[ref.key] : undefined;
   const key = raw === undefined ? undefined : Buffer.from(raw, 'base64').toString('utf8').trim();
   const prefix = key !== undefined && checkKeyShape(key) === 'ok' ? keyPrefix(key) : undefined;
 
@@ -146,16 +145,13 @@ async function sync(ctx: ControllerContext, obj: ApiKey & KubeObject): Promise<O
   return DONE;
 }
 
-/**
- * The generated Secret this ApiKey object uses: the one of its two names it owns; else the usual name when
- * it is free, the UID-suffixed one when an earlier object's Secret still holds the usual name.
- */
-function generatedRef(ctx: ControllerContext, obj: ApiKey & KubeObject): { name: string; key: string } {
+/** The generated Secret this ApiKey object uses (generatedSecretFor: the compiler reads the same one). */
+function generatedSecret(ctx: ControllerContext, obj: ApiKey & KubeObject): { name: string; owned: boolean } {
   const { namespace = 'default', name, uid = '' } = obj.metadata;
-  const names = generatedSecretNames(name, uid);
-  const found = names.map((n) => ctx.caches.secrets.get(n, namespace));
-  const owned = found.findIndex((s) => s?.metadata?.ownerReferences?.some((o) => o.uid === uid));
-  return { name: names[owned >= 0 ? owned : found[0] ? 1 : 0]!, key: GENERATED_SECRET_KEY };
+  return generatedSecretFor(name, uid, (n) => {
+    const secret = ctx.caches.secrets.get(n, namespace);
+    return secret && (secret.metadata?.ownerReferences ?? []).map((o) => o.uid);
+  });
 }
 
 async function createKeySecret(

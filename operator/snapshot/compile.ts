@@ -10,7 +10,7 @@ import {
   GpuBackendSpec,
   TenantSpec,
   generatedSecretName,
-  generatedSecretNames,
+  generatedSecretFor,
   parseDurationMs,
   type ApiKey,
   type GpuBackend,
@@ -140,13 +140,12 @@ function sortById<T extends { id: string }>(items: T[]): T[] {
 
 export function compileSnapshot(input: CompileInput): CompileResult {
   const problems: ObjectProblem[] = [];
-  const secretsByName = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
-  const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s.data]));
+  const secrets = new Map(input.secrets.map((s) => [`${s.namespace}/${s.name}`, s]));
   const readSecret = (
     namespace: string,
     ref: SecretKeyRef,
   ): { ok: true; value: string } | { ok: false; reason: ProblemReason; message: string } => {
-    const data = secrets.get(`${namespace}/${ref.name}`);
+    const data = secrets.get(`${namespace}/${ref.name}`)?.data;
     if (!data)
       return { ok: false, reason: 'SecretNotFound', message: `Secret ${namespace}/${ref.name} not found` };
     const value = data[ref.key];
@@ -169,7 +168,7 @@ export function compileSnapshot(input: CompileInput): CompileResult {
     tenantIds,
     readSecret,
     (namespace, name) => {
-      const secret = secretsByName.get(`${namespace}/${name}`);
+      const secret = secrets.get(`${namespace}/${name}`);
       return secret ? (secret.ownerUids ?? []) : undefined;
     },
     problems,
@@ -191,29 +190,34 @@ export function compileSnapshot(input: CompileInput): CompileResult {
   };
   // The members' canonical JSON, written once: hashed (without generatedAt and revision) for the revision,
   // and kept as the body every push target and GET /snapshot sends (snapshotJson).
-  const text = {
+  const members = {
     backends: canonicalJson(backends),
     keys: `[${keys.map(canonicalKeyEntry).join(',')}]`,
     schemaVersion: canonicalJson(body.schemaVersion),
     settings: canonicalJson(body.settings),
     tenants: canonicalJson(tenants),
   };
-  const revision = sha256Hex(
-    `{"backends":${text.backends},"keys":${text.keys},"schemaVersion":${text.schemaVersion},` +
-      `"settings":${text.settings},"tenants":${text.tenants}}`,
-  );
+  const revision = sha256Hex(canonicalObject(members));
   const generatedAt = input.now.toISOString();
   const snapshot: Snapshot = { ...body, revision, generatedAt };
   snapshotTexts.set(
     snapshot,
-    `{"backends":${text.backends},"generatedAt":${canonicalJson(generatedAt)},"keys":${text.keys},` +
-      `"revision":${canonicalJson(revision)},"schemaVersion":${text.schemaVersion},` +
-      `"settings":${text.settings},"tenants":${text.tenants}}`,
+    canonicalObject({
+      ...members,
+      generatedAt: canonicalJson(generatedAt),
+      revision: canonicalJson(revision),
+    }),
   );
   problems.sort((a, b) =>
     `${a.kind}/${a.namespace}/${a.name}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}`),
   );
   return { snapshot, problems };
+}
+
+/** An object's canonical JSON from its members' canonical JSON: members sorted as canonicalJson sorts them. */
+function canonicalObject(members: Record<string, string>): string {
+  const names = Object.keys(members).sort();
+  return `{${names.map((name) => `${JSON.stringify(name)}:${members[name]}`).join(',')}}`;
 }
 
 /** Each key entry's canonical JSON, kept with the (memoized, unchanged) entry across compiles. */
@@ -471,18 +475,17 @@ function compileKeys(
     // Objects without a UID (standalone mode's manifests) have nothing to match and keep the name.
     const uid = obj.metadata.uid;
     if (!s.secretRef && uid) {
-      const names = generatedSecretNames(obj.metadata.name, uid);
-      const owned = names.find((n) => secretOwners(namespace, n)?.includes(uid));
-      if (owned) ref = { name: owned, key: GENERATED_SECRET_KEY };
-      else if (secretOwners(namespace, names[0]) !== undefined) {
+      const generated = generatedSecretFor(obj.metadata.name, uid, (n) => secretOwners(namespace, n));
+      if (generated.taken) {
         problem(
           'SecretNotOwned',
-          `Secret ${namespace}/${names[0]} is not owned by this ApiKey (uid ${uid}): it belongs to an earlier ` +
+          `Secret ${namespace}/${ref.name} is not owned by this ApiKey (uid ${uid}): it belongs to an earlier ` +
             `object of the same name, or was made by hand, and its key is refused; the key is generated into ` +
-            `Secret ${namespace}/${names[1]}`,
+            `Secret ${namespace}/${generated.name}`,
         );
         continue;
       }
+      ref = { name: generated.name, key: GENERATED_SECRET_KEY };
     }
     const secret = readSecret(namespace, ref);
     if (!secret.ok) {

@@ -1,6 +1,7 @@
 // /readyz says why: each check (snapshot, draining, metering) with its reason, 503 when a required one
 // fails. The metering check runs over the real metering writer pointed at a Postgres port where nothing
 // listens (an outage), with a small buffer so a handful of requests fill it.
+import pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Readiness } from '../../dataplane/admin/readiness.ts';
@@ -118,6 +119,7 @@ describe('/readyz reasons', () => {
   });
 
   describe('metering during a Postgres outage', () => {
+    let pool: pg.Pool;
     let writer: MeteringWriter;
     let plane: DataPlane;
     const open = apiKey('team/open');
@@ -127,8 +129,9 @@ describe('/readyz reasons', () => {
     beforeAll(async () => {
       // Port 9 on loopback: nothing listens, every flush fails and the events stay buffered. 6 events of
       // room, batches of 2: fail-closed tenants are refused from 4 buffered events on.
+      pool = new pg.Pool({ connectionString: 'postgres://gpugate@127.0.0.1:9/none' });
       writer = createMeteringWriter({
-        url: 'postgres://gpugate@127.0.0.1:9/none',
+        pool,
         maxBuffer: 6,
         maxBatch: 2,
         retryMinMs: 60_000,
@@ -142,6 +145,7 @@ describe('/readyz reasons', () => {
     afterAll(async () => {
       await plane.close({ drainMs: 0 });
       await writer.flushAndClose(100);
+      await pool.end();
     });
 
     it('reports room in the buffer while there is some', async () => {

@@ -120,3 +120,23 @@ export function generatedSecretNames(apiKeyName: string, uid: string): [string, 
   const name = generatedSecretName(apiKeyName);
   return [name, `${name}-${uid.slice(0, 8)}`];
 }
+
+/**
+ * The generated Secret the ApiKey object with this UID uses, from the owner UIDs of the Secrets that
+ * exist (`ownersOf` gives undefined for a name no Secret has): the one of generatedSecretNames it owns;
+ * else the usual name when it is free; else (`taken`: a Secret this object does not own holds the usual
+ * name) the UID-suffixed one. The controller generates the key there and the compiler reads it there.
+ */
+export function generatedSecretFor(
+  apiKeyName: string,
+  uid: string,
+  ownersOf: (secretName: string) => readonly string[] | undefined,
+): { name: string; owned: boolean; taken: boolean } {
+  const [usual, suffixed] = generatedSecretNames(apiKeyName, uid);
+  const usualOwners = ownersOf(usual);
+  if (usualOwners?.includes(uid)) return { name: usual, owned: true, taken: false };
+  if (ownersOf(suffixed)?.includes(uid)) return { name: suffixed, owned: true, taken: false };
+  return usualOwners === undefined
+    ? { name: usual, owned: false, taken: false }
+    : { name: suffixed, owned: false, taken: true };
+}
