@@ -22,7 +22,7 @@ import type { JwksOptions } from './auth/jwt.ts';
 import { corsHook } from './http/cors.ts';
 import { FastifyRoutes, frontDoor, requestIdOf } from './http/front-door.ts';
 import type { QuotaManager } from './metering/quota.ts';
-import { errorBody, gatewayError } from './errors.ts';
+import { gatewayError, sendGatewayError } from './errors.ts';
 import { countUsage, createMetrics, type EndpointHealth } from './metrics/metrics.ts';
 import { Proxy, PROXY_METHODS, proxyPlugin } from './proxy/proxy.ts';
 import { Runtime } from './routing/runtime.ts';
@@ -258,24 +258,17 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   proxy.setErrorHandler((err: FastifyError, request, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     if (status >= 500) logger.error({ err, requestId: request.id }, 'proxy error');
-    const body = errorBody(
+    return sendGatewayError(
+      reply,
+      request.id,
+      GPUGATE_VERSION,
       gatewayError(
         status,
         status >= 500 ? 'internal_error' : 'invalid_request_error',
         err.code ?? 'error',
         status >= 500 ? 'internal error' : err.message,
       ),
-      request.id,
     );
-    return reply
-      .code(status)
-      .headers({
-        'content-type': 'application/json',
-        'x-request-id': request.id,
-        via: '1.1 gpugate',
-        'x-gpugate-version': GPUGATE_VERSION,
-      })
-      .send(body);
   });
   await proxy.register(
     usageRoutes({ db: opts.usageDb ?? null, current: () => current, version: GPUGATE_VERSION }),

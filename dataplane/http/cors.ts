@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Cors } from '../config/snapshot.ts';
-import { errorBody, gatewayError } from '../errors.ts';
+import { gatewayError, gatewayHeaders, sendGatewayError } from '../errors.ts';
 
 export interface CompiledCors {
   anyOrigin: boolean;
@@ -126,26 +126,23 @@ export function corsHook(current: () => CompiledCors | null, version: string) {
       return done();
     }
     const answer = answerPreflight(c, req);
-    const common = { 'x-request-id': request.id, via: '1.1 gpugate', 'x-gpugate-version': version };
     if (answer.status === 204) {
       void reply
         .code(204)
-        .headers({ ...common, ...answer.headers })
+        .headers({ ...gatewayHeaders(request.id, version), ...answer.headers })
         .send();
       return;
     }
-    const body = errorBody(
+    void sendGatewayError(
+      reply,
+      request.id,
+      version,
       gatewayError(
         403,
         'permission_error',
         'cors_preflight_refused',
         `CORS preflight refused: ${answer.reason}`,
       ),
-      request.id,
     );
-    void reply
-      .code(403)
-      .headers({ ...common, 'content-type': 'application/json' })
-      .send(body);
   };
 }

@@ -15,7 +15,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Backend } from '../config/snapshot.ts';
 import type { CompiledAdmission } from '../admission/admission.ts';
-import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
+import { gatewayError, gatewayHeaders, sendGatewayError, type GatewayError } from '../errors.ts';
 import type { RegistrationStore } from './store.ts';
 
 export const REGISTRATION_SECRET_HEADER = 'x-gpugate-registration-secret';
@@ -78,17 +78,9 @@ export function resolveBackend(
 }
 
 export function registrationRoutes(deps: RegistrationRoutesDeps) {
-  const headers = (request: FastifyRequest) => ({
-    'x-request-id': request.id,
-    via: '1.1 gpugate',
-    'x-gpugate-version': deps.version,
-  });
-
+  const headers = (request: FastifyRequest) => gatewayHeaders(request.id, deps.version);
   const send = (reply: FastifyReply, request: FastifyRequest, err: GatewayError) =>
-    reply
-      .code(err.status)
-      .headers({ ...err.headers, 'content-type': 'application/json', ...headers(request) })
-      .send(errorBody(err, request.id));
+    sendGatewayError(reply, request.id, deps.version, err);
 
   /** Checks the request; answers and returns null when it cannot proceed. */
   const authorize = (request: FastifyRequest, reply: FastifyReply) => {

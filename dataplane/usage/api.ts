@@ -1,10 +1,10 @@
 // Usage over HTTP. On the public port, GET /v1/usage answers the caller's own tenant and key (same
 // credentials as any request); on the admin port, any tenant's usage and top-ups (admin token).
 // Both read dataplane/usage/queries.ts, like the CLI and the Tenant status.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Runtime } from '../routing/runtime.ts';
 import { requireBearer } from '../admin/admin.ts';
-import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
+import { gatewayError, gatewayHeaders, sendGatewayError, type GatewayError } from '../errors.ts';
 import {
   dayProblem,
   periodDays,
@@ -48,23 +48,6 @@ function rangeOf(
   return { from, to };
 }
 
-/** The headers every answer of the public port carries. */
-function gatewayHeaders(request: FastifyRequest, version: string) {
-  return { 'x-request-id': request.id, via: '1.1 gpugate', 'x-gpugate-version': version };
-}
-
-function sendError(
-  reply: FastifyReply,
-  request: FastifyRequest,
-  version: string,
-  err: GatewayError,
-): FastifyReply {
-  return reply
-    .code(err.status)
-    .headers({ ...err.headers, 'content-type': 'application/json', ...gatewayHeaders(request, version) })
-    .send(errorBody(err, request.id));
-}
-
 function unavailable(): GatewayError {
   return gatewayError(
     503,
@@ -81,9 +64,9 @@ export function usageRoutes(deps: UsageApiDeps) {
     app.get<{ Querystring: RangeQuery }>('/v1/usage', async (request, reply) => {
       const rt = deps.current();
       if (!rt) {
-        return sendError(
+        return sendGatewayError(
           reply,
-          request,
+          request.id,
           deps.version,
           gatewayError(503, 'overloaded_error', 'not_ready', 'the gateway has no configuration yet', {
             'retry-after': '1',
@@ -93,14 +76,14 @@ export function usageRoutes(deps: UsageApiDeps) {
       const at = now();
       // The request path's own authentication: API keys (with their CIDRs), JWTs, per-address limits.
       const who = await rt.admission.authenticate(request.raw);
-      if (!who.ok) return sendError(reply, request, deps.version, who.error);
-      if (!deps.db) return sendError(reply, request, deps.version, unavailable());
+      if (!who.ok) return sendGatewayError(reply, request.id, deps.version, who.error);
+      if (!deps.db) return sendGatewayError(reply, request.id, deps.version, unavailable());
       const { tenant, key } = who.principal;
       const range = rangeOf(request.query, tenant.quota?.period ?? null, at);
       if (typeof range === 'string') {
-        return sendError(
+        return sendGatewayError(
           reply,
-          request,
+          request.id,
           deps.version,
           gatewayError(400, 'invalid_request_error', 'invalid_range', range),
         );
@@ -111,16 +94,18 @@ export function usageRoutes(deps: UsageApiDeps) {
         tenant.quota ? quotaState(deps.db, 'tenant', tenant.id, at) : null,
         key?.quota ? quotaState(deps.db, 'key', key.id, at) : null,
       ]);
-      return reply.headers({ ...gatewayHeaders(request, deps.version), 'cache-control': 'no-store' }).send({
-        object: 'usage',
-        tenant: tenant.id,
-        key: key ? { id: key.id, prefix: key.prefix } : null,
-        from: range.from,
-        to: range.to,
-        quota: { tenant: tenantQuota, key: keyQuota },
-        usage: reportBody(tenantUsage),
-        keyUsage: keyUsage ? reportBody(keyUsage) : null,
-      });
+      return reply
+        .headers({ ...gatewayHeaders(request.id, deps.version), 'cache-control': 'no-store' })
+        .send({
+          object: 'usage',
+          tenant: tenant.id,
+          key: key ? { id: key.id, prefix: key.prefix } : null,
+          from: range.from,
+          to: range.to,
+          quota: { tenant: tenantQuota, key: keyQuota },
+          usage: reportBody(tenantUsage),
+          keyUsage: keyUsage ? reportBody(keyUsage) : null,
+        });
     });
   };
 }
