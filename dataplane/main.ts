@@ -21,11 +21,10 @@
 //     GPUGATE_TLS_RELOAD_MS (10000; 0: never) and swapped in when it changes; the admin port stays HTTP
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
-import { migrate } from './metering/migrate.ts';
-import { startMetering, type MeteringRuntime } from './metering/runtime.ts';
+import { DEFAULT_RETENTION_DAYS } from './metering/maintenance.ts';
+import { openMetering, type MeteringRuntime } from './metering/runtime.ts';
 import { createPgRegistrationStore } from './registration/store.ts';
 import { bootstrapFromOperator } from './admin/bootstrap.ts';
 import { createDataPlane } from './server.ts';
@@ -115,17 +114,14 @@ const databaseUrl = values['database-url'] ?? env.DATABASE_URL;
 const registry = new Registry();
 let metering: MeteringRuntime | null = null;
 if (databaseUrl) {
-  // Migrated on the pool metering then uses, rather than on a connection of its own.
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
-  await migrate(pool);
-  metering = startMetering({
-    pool,
+  metering = await openMetering({
+    databaseUrl,
     registry,
     logger,
     retentionDays: intOf(
       'usage-retention-days',
       values['usage-retention-days'] ?? env.GPUGATE_USAGE_RETENTION_DAYS,
-      90,
+      DEFAULT_RETENTION_DAYS,
     ),
   });
 }
@@ -220,7 +216,6 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
         if (!metering) return;
         const outcome = await metering.close();
         logger.info(outcome, 'usage flushed');
-        await metering.pool.end();
       })
       .then(
         () => process.exit(0),

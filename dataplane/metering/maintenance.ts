@@ -89,12 +89,15 @@ const SEED = `INSERT INTO gpugate_maintenance (job) SELECT unnest($1::text[]) ON
 
 const RECORD = `UPDATE gpugate_maintenance SET outcome = $2::jsonb WHERE job = $1`;
 
+/** How many days raw usage events are kept when nothing says otherwise (roll-ups stay). */
+export const DEFAULT_RETENTION_DAYS = 90;
+
 export function createMaintenance(options: MaintenanceOptions): Maintenance {
   const { pool } = options;
   const holder = options.holder ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   const tickMs = options.tickMs ?? 15_000;
   const daysAhead = options.partitionDaysAhead ?? 7;
-  const retentionDays = options.retentionDays ?? 90;
+  const retentionDays = options.retentionDays ?? DEFAULT_RETENTION_DAYS;
   const settlementRetentionMs = options.settlementRetentionMs ?? 7 * 86_400_000;
   const every = { ...DEFAULT_INTERVALS, ...options.every };
   const now = options.now ?? Date.now;

@@ -1,21 +1,22 @@
 // What a data-plane process runs for metering on one Postgres pool: the usage-event writer, the quota
 // manager, the async-task store shared by replicas and the scheduled maintenance. dataplane/main.ts
-// starts it when it has a database; any other host of a data plane (standalone mode) can do the same.
+// opens it when it has a database; any other host of a data plane (standalone mode) does the same.
 //
-//   const m = startMetering({ pool, registry, logger });
+//   const m = await openMetering({ databaseUrl, registry, logger });   // migrated, running
 //   createDataPlane({ ..., usageSink: m.writer, quota: m.quota, taskStore: m.tasks, usageDb: m.pool });
 //   // on SIGTERM, after the data plane drained:
-//   const { written, lost } = await m.close();
-import type pg from 'pg';
+//   const { written, lost } = await m.close();   // also ends the pool
+import pg from 'pg';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { createMaintenance, type Maintenance } from './maintenance.ts';
+import { migrate } from './migrate.ts';
 import { createQuotaManager, type QuotaManager } from './quota.ts';
 import { createTaskStore, type TaskStore } from './tasks.ts';
 import { createMeteringWriter, type CloseOutcome, type MeteringWriter } from './writer.ts';
 
 export interface MeteringRuntimeOptions {
-  pool: pg.Pool;
+  databaseUrl: string;
   registry: Registry;
   logger: Logger;
   /** Raw usage events older than this many days are dropped (roll-ups stay). Default 90; 0: never. */
@@ -26,20 +27,30 @@ export interface MeteringRuntimeOptions {
 
 export interface MeteringRuntime {
   pool: pg.Pool;
+  /** The migrations this start applied (none when the database was current). */
+  applied: string[];
   writer: MeteringWriter;
   quota: QuotaManager;
   tasks: TaskStore;
   maintenance: Maintenance;
   /**
    * After the data plane drained: stop maintenance, settle and return the quota leases (an unreachable
-   * database: the slices come back when their leases expire), flush the usage events. The pool stays
-   * open (the caller owns it).
+   * database: the slices come back when their leases expire), flush the usage events, end the pool.
    */
   close(): Promise<CloseOutcome>;
 }
 
-export function startMetering(o: MeteringRuntimeOptions): MeteringRuntime {
-  const { pool, registry, logger } = o;
+/** Opens the pool (4 connections), migrates on it, and starts everything metering runs on it. */
+export async function openMetering(o: MeteringRuntimeOptions): Promise<MeteringRuntime> {
+  const { registry, logger } = o;
+  const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 4 });
+  let applied: string[];
+  try {
+    ({ applied } = await migrate(pool));
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
   const writer = createMeteringWriter({ pool, registry, logger });
   const quota = createQuotaManager({ pool, registry, logger });
   const tasks = createTaskStore({ pool });
@@ -52,6 +63,7 @@ export function startMetering(o: MeteringRuntimeOptions): MeteringRuntime {
   const quotaCloseTimeoutMs = o.quotaCloseTimeoutMs ?? 5000;
   return {
     pool,
+    applied,
     writer,
     quota,
     tasks,
@@ -70,7 +82,9 @@ export function startMetering(o: MeteringRuntimeOptions): MeteringRuntime {
       ])
         .catch((err: unknown) => logger.warn({ err }, 'quota leases not settled and returned'))
         .finally(() => clearTimeout(timer));
-      return writer.flushAndClose();
+      const outcome = await writer.flushAndClose();
+      await pool.end();
+      return outcome;
     },
   };
 }

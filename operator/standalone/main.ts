@@ -7,7 +7,7 @@
 // GPUGATE_SIMULATOR_PORT (8001; 0 to not start the simulator), DATABASE_URL,
 // GPUGATE_USAGE_RETENTION_DAYS (90; 0 keeps raw usage events forever).
 //
-// Metering is what a data-plane process with a database runs (startMetering): the usage writer, quota
+// Metering is what a data-plane process with a database runs (openMetering): the usage writer, quota
 // leases, the Postgres async-task store and the scheduled maintenance. Stopping follows
 // dataplane/main.ts: drain the data plane, settle and return the quota leases, flush the usage events,
 // close the pool, and only then stop the simulator and Postgres.
@@ -15,13 +15,12 @@ import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import pg from 'pg';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { createDataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../../test/fixtures/gpusim/index.ts';
-import { migrate } from '../../dataplane/metering/migrate.ts';
-import { startMetering } from '../../dataplane/metering/runtime.ts';
+import { DEFAULT_RETENTION_DAYS } from '../../dataplane/metering/maintenance.ts';
+import { openMetering } from '../../dataplane/metering/runtime.ts';
 import { pushSnapshot } from '../push/push.ts';
 import { compileSnapshot } from '../snapshot/compile.ts';
 import { loadManifestDir } from '../snapshot/manifests.ts';
@@ -91,27 +90,19 @@ async function main(): Promise<void> {
     }
 
     const retentionRaw = env.GPUGATE_USAGE_RETENTION_DAYS;
-    const retentionDays = retentionRaw === undefined || retentionRaw === '' ? 90 : Number(retentionRaw);
+    const retentionDays =
+      retentionRaw === undefined || retentionRaw === '' ? DEFAULT_RETENTION_DAYS : Number(retentionRaw);
     if (!Number.isInteger(retentionDays) || retentionDays < 0) {
       throw new Error(
         `GPUGATE_USAGE_RETENTION_DAYS=${JSON.stringify(retentionRaw)} is not a number of days: use a whole number, 0 to keep usage events forever`,
       );
     }
-    // Migrated on the pool metering then uses, rather than on a connection of its own.
-    const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
-    const migrated = await migrate(pool);
-    log.info({ applied: migrated.applied }, 'usage database ready');
     const registry = new Registry();
-    const metering = startMetering({
-      pool,
-      registry,
-      logger: log,
-      retentionDays,
-    });
+    const metering = await openMetering({ databaseUrl, registry, logger: log, retentionDays });
+    log.info({ applied: metering.applied }, 'usage database ready');
     stops.push(async () => {
       const outcome = await metering.close();
       log.info(outcome, 'usage flushed');
-      await metering.pool.end();
     });
 
     const pushToken = randomBytes(32).toString('base64url');
