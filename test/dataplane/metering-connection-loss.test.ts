@@ -11,7 +11,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureUsagePartitions, migrate, PARTITION_LOCK_KEY } from '../../dataplane/metering/migrate.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { apiKey, backend, chat, snapshot, startUpstream, tenant, until, type Upstream } from './harness.ts';
 
 const db = useTestDatabase();
@@ -41,8 +41,7 @@ describe('Postgres connections lost under the data plane', () => {
   let admin: pg.Pool;
   beforeAll(async () => {
     await migrate(db.url);
-    admin = new pg.Pool({ connectionString: db.url, max: 2 });
-    admin.on('error', () => undefined);
+    admin = suitePool(db, 2);
   });
   afterAll(() => admin.end());
 
