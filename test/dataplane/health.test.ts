@@ -1,11 +1,11 @@
 // Health: passive ejection when an upstream dies and recovery when it comes back, active checks
 // against the simulator's /health, and panic routing when nothing is healthy.
-import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { Backend } from '../../dataplane/config/snapshot.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { MAX_METRICS_BYTES } from '../../dataplane/upstream/health.ts';
+import { repeatedBody } from '../fixtures/bodies.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
 import {
   apiKey,
@@ -185,14 +185,4 @@ describe('health', () => {
 });
 
 /** `bytes` of Prometheus comment lines, generated as they are read. */
-function hugeComments(bytes: number): Readable {
-  const line = Buffer.from(`# ${'x'.repeat(1021)}\n`);
-  let sent = 0;
-  return new Readable({
-    read() {
-      if (sent >= bytes) return this.push(null);
-      sent += line.length;
-      this.push(line);
-    },
-  });
-}
+const hugeComments = (bytes: number) => repeatedBody(Buffer.from(`# ${'x'.repeat(1021)}\n`), bytes);
