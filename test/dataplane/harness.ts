@@ -242,6 +242,16 @@ export function cleanupList(): Cleanups {
   };
 }
 
+/**
+ * A sample's value on an admin port's /metrics, given as exported (`name{labels}`); 0 while it is not
+ * exported (a labelled counter appears with its first increment).
+ */
+export async function metric(plane: { adminUrl: string }, sample: string): Promise<number> {
+  const res = await fetch(plane.adminUrl + '/metrics');
+  const found = (await res.text()).split('\n').find((l) => l.startsWith(sample + ' '));
+  return found ? Number(found.slice(sample.length + 1)) : 0;
+}
+
 export function chat(model: string, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ model, messages: [{ role: 'user', content: 'hello' }], ...extra });
 }

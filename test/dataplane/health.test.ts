@@ -12,6 +12,7 @@ import {
   backend,
   chat,
   cleanupList,
+  metric,
   snapshotFor,
   startUpstream,
   until,
@@ -37,12 +38,6 @@ async function send(plane: DataPlane, model = 'sim-llama'): Promise<number> {
   });
   await r.body.dump();
   return r.statusCode;
-}
-
-async function metric(plane: DataPlane, line: string): Promise<number> {
-  const text = await (await request(plane.adminUrl + '/metrics')).body.text();
-  const found = text.split('\n').find((l) => l.startsWith(line + ' '));
-  return found ? Number(found.slice(line.length + 1)) : 0;
 }
 
 describe('health', () => {
