@@ -100,16 +100,8 @@ describe('Postgres connections lost under the data plane', () => {
     const key = apiKey('team/loss');
 
     beforeAll(async () => {
-      up = await startUpstream('up', (_req, res) => {
-        const payload = JSON.stringify({
-          usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
-        });
-        res.writeHead(200, {
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(payload),
-        });
-        res.end(payload);
-      });
+      // The default answer: a JSON completion with usage, of declared length.
+      up = await startUpstream('up');
       dir = mkdtempSync(join(tmpdir(), 'gpugate-connection-loss-'));
       const snapshotFile = join(dir, 'snapshot.json');
       writeFileSync(
