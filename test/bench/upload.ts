@@ -12,10 +12,10 @@
 // client counts it.
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
+import { repeatedBody } from '../fixtures/bodies.ts';
 import { startGateway } from './gateway-process.ts';
 
 const { values } = parseArgs({
@@ -60,17 +60,7 @@ await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
 const upstreamUrl = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
 const gw = await startGateway(upstreamUrl, { nodeFlags });
 
-function body(): Readable {
-  const chunk = Buffer.alloc(64 * 1024, 0x5a);
-  let sent = 0;
-  return new Readable({
-    read() {
-      if (sent >= BYTES) return this.push(null);
-      sent += chunk.length;
-      this.push(chunk);
-    },
-  });
-}
+const body = () => repeatedBody(Buffer.alloc(64 * 1024, 0x5a), BYTES);
 
 async function download(base: string): Promise<void> {
   const r = await request(base + '/v1/downloads/result.png', {

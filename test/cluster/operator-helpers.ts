@@ -45,6 +45,21 @@ spec:
 `;
 }
 
+/**
+ * A new namespace ready for an operator process: the CRDs installed, the push-token Secret holding
+ * `token`, and the operator's service account; returns the namespace and that account's kubeconfig.
+ */
+export async function operatorNamespace(
+  prefix: string,
+  token: string,
+): Promise<{ ns: string; kubeconfig: string }> {
+  await installCrds();
+  const ns = await newNamespace(prefix);
+  const kubeconfig = await operatorServiceAccount(ns);
+  await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${token}`]);
+  return { ns, kubeconfig };
+}
+
 export interface OperatorSuite {
   ns: string;
   /** The operator's service account's (operatorServiceAccount). */
@@ -58,8 +73,7 @@ export interface OperatorSuite {
 }
 
 /**
- * What an operator suite has before it starts its operator: the CRDs, a new namespace with the push-token
- * Secret and the operator's service account, a simulator serving `model` (startSim) and a data-plane process
+ * What an operator suite has before it starts its operator: an operatorNamespace, a simulator serving `model` (startSim) and a data-plane process
  * taking `token` (with `dataPlaneArgs`).
  */
 export async function startOperatorSuite(o: {
@@ -68,10 +82,7 @@ export async function startOperatorSuite(o: {
   model: string;
   dataPlaneArgs?: string[];
 }): Promise<OperatorSuite> {
-  await installCrds();
-  const ns = await newNamespace(o.prefix);
-  const kubeconfig = await operatorServiceAccount(ns);
-  await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${o.token}`]);
+  const { ns, kubeconfig } = await operatorNamespace(o.prefix, o.token);
   const sim = await startSim(o.model);
   let dataPlane: DataPlaneProcess;
   try {

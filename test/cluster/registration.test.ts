@@ -3,13 +3,13 @@
 // loopback metering into the same database (it records registrations there), and a GPU simulator that
 // registers itself through the data plane's public port. Waits are bounded polls on invariants; nothing
 // here asserts how long anything took.
-import pg from 'pg';
+import type pg from 'pg';
 import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.ts';
 import type { Simulator } from '../fixtures/gpusim/index.ts';
-import { createTestDatabase, type TestDatabase } from '../fixtures/postgres.ts';
+import { createTestDatabase, suitePool, type TestDatabase } from '../fixtures/postgres.ts';
 import type { DataPlaneProcess, Proc } from '../fixtures/processes.ts';
 import { kubectl, waitUntil } from './harness.ts';
 import {
@@ -67,10 +67,7 @@ describe('self-registration and tenant usage', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    // A pooled connection still closing when afterAll's DROP DATABASE ... WITH (FORCE) terminates it emits
-    // 'error' (57P01) with no listener left, which crashed a loaded `make test` run after every test passed.
-    pool.on('connect', (client) => client.on('error', () => {}));
+    pool = suitePool(db, 2);
     // --database-url: the data plane migrates (registered_endpoints included) and records there.
     suite = await startOperatorSuite({
       prefix: 'registration',

@@ -6,14 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Condition } from '../../operator/api/v1alpha1/common.ts';
 import type { Proc } from '../fixtures/processes.ts';
-import { kubectl, newNamespace, waitUntil } from './harness.ts';
-import {
-  condition,
-  getJson,
-  installCrds,
-  operatorServiceAccount,
-  startOperatorProcess,
-} from './operator-helpers.ts';
+import { kubectl, waitUntil } from './harness.ts';
+import { condition, getJson, operatorNamespace, startOperatorProcess } from './operator-helpers.ts';
 
 interface BackendJson {
   metadata: { generation: number };
@@ -34,10 +28,7 @@ describe('dataplane: sidecar without a sidecar image', () => {
   let operator: (Proc & { url: string }) | undefined;
 
   beforeAll(async () => {
-    await installCrds();
-    ns = await newNamespace('sidecar-image');
-    kubeconfig = await operatorServiceAccount(ns);
-    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, '--from-literal=token=t0ken']);
+    ({ ns, kubeconfig } = await operatorNamespace('sidecar-image', 't0ken'));
     operator = await startOperatorProcess({ ns, kubeconfig });
     await operator.waitFor('caches synced');
   });

@@ -10,15 +10,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startProcess, type Proc } from '../fixtures/processes.ts';
-import { kubectl, newNamespace, waitUntil } from './harness.ts';
+import { kubectl, waitUntil } from './harness.ts';
 import type { Condition } from '../../operator/api/v1alpha1/common.ts';
-import {
-  condition,
-  getJson,
-  installCrds,
-  operatorServiceAccount,
-  startOperatorProcess,
-} from './operator-helpers.ts';
+import { condition, getJson, operatorNamespace, startOperatorProcess } from './operator-helpers.ts';
 
 const TOKEN = 'sidecar-tls-push-token';
 
@@ -55,10 +49,8 @@ describe('sidecar data plane with TLS', () => {
     dir = mkdtempSync(join(tmpdir(), 'gpugate-sidecar-tls-'));
     ca = await makeCa(dir, 'sidecar-ca');
     pair = await makeServerCert(ca, 'sidecar-server');
-    await installCrds();
-    ns = await newNamespace('sidecar-tls');
-    const kubeconfig = await operatorServiceAccount(ns);
-    await kubectl(['create', 'secret', 'generic', 'push-token', '-n', ns, `--from-literal=token=${TOKEN}`]);
+    let kubeconfig: string;
+    ({ ns, kubeconfig } = await operatorNamespace('sidecar-tls', TOKEN));
     await kubectl([
       'create',
       'secret',

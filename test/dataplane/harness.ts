@@ -242,15 +242,32 @@ export function cleanupList(): Cleanups {
   };
 }
 
+/**
+ * A sample's value on an admin port's /metrics, given as exported (`name{labels}`); 0 while it is not
+ * exported (a labelled counter appears with its first increment).
+ */
+export async function metric(plane: { adminUrl: string }, sample: string): Promise<number> {
+  const res = await fetch(plane.adminUrl + '/metrics');
+  const found = (await res.text()).split('\n').find((l) => l.startsWith(sample + ' '));
+  return found ? Number(found.slice(sample.length + 1)) : 0;
+}
+
 export function chat(model: string, extra: Record<string, unknown> = {}): string {
   return JSON.stringify({ model, messages: [{ role: 'user', content: 'hello' }], ...extra });
 }
 
-/** Waits until `check` is true, polling every 10 ms, at most `maxMs` (fails the test after). */
-export async function until(check: () => boolean, maxMs = 10_000): Promise<void> {
+/**
+ * Waits until `check` (which may query, e.g. Postgres) is true, polling every 10 ms, at most `maxMs`; then
+ * fails the test, naming `what` it waited for.
+ */
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  maxMs = 10_000,
+  what = 'condition',
+): Promise<void> {
   const end = Date.now() + maxMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`${what} not met after ${maxMs} ms`);
     await new Promise((r) => setTimeout(r, 10));
   }
 }

@@ -1,17 +1,18 @@
 // Health: passive ejection when an upstream dies and recovery when it comes back, active checks
 // against the simulator's /health, and panic routing when nothing is healthy.
-import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { Backend } from '../../dataplane/config/snapshot.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { MAX_METRICS_BYTES } from '../../dataplane/upstream/health.ts';
+import { repeatedBody } from '../fixtures/bodies.ts';
 import { startSimulator } from '../fixtures/gpusim/index.ts';
 import {
   apiKey,
   backend,
   chat,
   cleanupList,
+  metric,
   snapshotFor,
   startUpstream,
   until,
@@ -37,12 +38,6 @@ async function send(plane: DataPlane, model = 'sim-llama'): Promise<number> {
   });
   await r.body.dump();
   return r.statusCode;
-}
-
-async function metric(plane: DataPlane, line: string): Promise<number> {
-  const text = await (await request(plane.adminUrl + '/metrics')).body.text();
-  const found = text.split('\n').find((l) => l.startsWith(line + ' '));
-  return found ? Number(found.slice(line.length + 1)) : 0;
 }
 
 describe('health', () => {
@@ -185,14 +180,4 @@ describe('health', () => {
 });
 
 /** `bytes` of Prometheus comment lines, generated as they are read. */
-function hugeComments(bytes: number): Readable {
-  const line = Buffer.from(`# ${'x'.repeat(1021)}\n`);
-  let sent = 0;
-  return new Readable({
-    read() {
-      if (sent >= bytes) return this.push(null);
-      sent += line.length;
-      this.push(line);
-    },
-  });
-}
+const hugeComments = (bytes: number) => repeatedBody(Buffer.from(`# ${'x'.repeat(1021)}\n`), bytes);

@@ -11,19 +11,10 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureUsagePartitions, migrate, PARTITION_LOCK_KEY } from '../../dataplane/metering/migrate.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
-import { apiKey, backend, chat, snapshot, startUpstream, tenant, type Upstream } from './harness.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
+import { apiKey, backend, chat, snapshot, startUpstream, tenant, until, type Upstream } from './harness.ts';
 
 const db = useTestDatabase();
-
-async function waitUntil(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-}
 
 /** A session that holds the usage_events partition lock until released, so a partition check waits. */
 async function holdPartitionLock(url: string): Promise<{ release(): Promise<void> }> {
@@ -50,8 +41,7 @@ describe('Postgres connections lost under the data plane', () => {
   let admin: pg.Pool;
   beforeAll(async () => {
     await migrate(db.url);
-    admin = new pg.Pool({ connectionString: db.url, max: 2 });
-    admin.on('error', () => undefined);
+    admin = suitePool(db, 2);
   });
   afterAll(() => admin.end());
 
@@ -83,8 +73,10 @@ describe('Postgres connections lost under the data plane', () => {
         () => 'resolved',
         (err: Error) => err.message,
       );
-      await waitUntil('the partition check waiting for its lock', async () =>
-        (await backendsOf('gpugate-loss-inprocess')).some((b) => b.wait_event_type === 'Lock'),
+      await until(
+        async () => (await backendsOf('gpugate-loss-inprocess')).some((b) => b.wait_event_type === 'Lock'),
+        20_000,
+        'the partition check waiting for its lock',
       );
       expect(await terminate('gpugate-loss-inprocess')).toBe(1);
       expect(await outcome).toMatch(/terminat/i);
@@ -108,16 +100,8 @@ describe('Postgres connections lost under the data plane', () => {
     const key = apiKey('team/loss');
 
     beforeAll(async () => {
-      up = await startUpstream('up', (_req, res) => {
-        const payload = JSON.stringify({
-          usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
-        });
-        res.writeHead(200, {
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(payload),
-        });
-        res.end(payload);
-      });
+      // The default answer: a JSON completion with usage, of declared length.
+      up = await startUpstream('up');
       dir = mkdtempSync(join(tmpdir(), 'gpugate-connection-loss-'));
       const snapshotFile = join(dir, 'snapshot.json');
       writeFileSync(
@@ -180,8 +164,10 @@ describe('Postgres connections lost under the data plane', () => {
       let terminated: number;
       try {
         expect(await call('loss-before')).toBe(200);
-        await waitUntil('the writer waiting inside its partition transaction', async () =>
-          (await backendsOf(APP)).some((b) => b.wait_event_type === 'Lock'),
+        await until(
+          async () => (await backendsOf(APP)).some((b) => b.wait_event_type === 'Lock'),
+          20_000,
+          'the writer waiting inside its partition transaction',
         );
         const before = await backendsOf(APP);
         expect(before.some((b) => b.state === 'idle')).toBe(true);
@@ -197,7 +183,7 @@ describe('Postgres connections lost under the data plane', () => {
       const health = await request(`${proc.adminUrl}/healthz`);
       await health.body.dump();
       expect(health.statusCode).toBe(200);
-      await waitUntil('both usage events stored', async () => (await storedEvents()).length >= 2);
+      await until(async () => (await storedEvents()).length >= 2, 20_000, 'both usage events stored');
       expect(await storedEvents()).toEqual(['loss-after', 'loss-before']);
       expect(proc.child.exitCode).toBeNull();
       expect(proc.log()).not.toMatch(/Connection terminated unexpectedly\n\s+at /);

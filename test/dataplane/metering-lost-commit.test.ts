@@ -14,7 +14,7 @@ import {
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { startLossyPgProxy, type LossyPgProxy } from '../fixtures/lossy-pg-proxy.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { tenant } from './harness.ts';
 
 const TENANT = 'ns/acme';
@@ -39,8 +39,7 @@ describe('a commit whose answer is lost', () => {
   let quota: QuotaManager | null = null;
 
   beforeAll(async () => {
-    direct = new pg.Pool({ connectionString: db.url, max: 2 });
-    direct.on('error', () => undefined);
+    direct = suitePool(db, 2);
     await migrate(direct);
   });
   beforeEach(async () => {

@@ -5,11 +5,11 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { sampleReserved } from '../fixtures/quota-sampler.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, startUpstream, tenant, type Upstream } from './harness.ts';
@@ -34,8 +34,7 @@ describe('three data-plane processes sharing one tenant quota', () => {
   let dir = '';
 
   beforeAll(async () => {
-    admin = new pg.Pool({ connectionString: db.url, max: 2 });
-    admin.on('error', () => undefined);
+    admin = suitePool(db, 2);
     await migrate(admin);
     upstream = await startUpstream(
       'priced',

@@ -1,6 +1,6 @@
 // Quota leases against real Postgres: exact small quotas across replicas, expiry of a dead
 // replica's slice, period resets, snapshot changes.
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../dataplane/config/snapshot.ts';
 import { migrate } from '../../dataplane/metering/migrate.ts';
@@ -60,8 +60,7 @@ describe('quota leases', () => {
   const pools: pg.Pool[] = [];
 
   function replica(options: Partial<QuotaOptions> = {}): QuotaManager {
-    const own = new pg.Pool({ connectionString: db.url, max: 2 });
-    own.on('error', () => undefined);
+    const own = suitePool(db, 2);
     pools.push(own);
     const m = createQuotaManager({ pool: own, syncIntervalMs: 50, ...options });
     managers.push(m);

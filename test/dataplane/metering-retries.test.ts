@@ -2,14 +2,14 @@
 // connection, and a retryable 503 answered by the first backend), through the real request path and
 // the metering writer into real Postgres: the event names the endpoint that answered, and the
 // request's quota is charged once.
-import pg from 'pg';
+import type pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/quota.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import {
   apiKey,
   backend,
@@ -19,6 +19,7 @@ import {
   snapshot,
   startUpstream,
   tenant,
+  type Upstream,
 } from './harness.ts';
 
 describe('metering of retried requests', () => {
@@ -29,21 +30,21 @@ describe('metering of retried requests', () => {
   let writer: ReturnType<typeof createMeteringWriter>;
   let quota: QuotaManager;
   let plane: DataPlane;
-  let live: Awaited<ReturnType<typeof startUpstream>>;
-  let busy: Awaited<ReturnType<typeof startUpstream>>;
+  let live: Upstream;
+  let busy: Upstream;
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    pool = suitePool(db, 4);
     writer = createMeteringWriter({ pool, logger: quietLogger, flushIntervalMs: 50 });
     quota = createQuotaManager({ pool, logger: quietLogger, syncIntervalMs: 50 });
     const dead = await startUpstream('dead');
     await dead.close(); // a port with nothing listening
-    busy = await startUpstream('busy', (_req, res) => {
+    busy = await cleanups.upstream('busy', (_req, res) => {
       res.writeHead(503, { 'content-type': 'application/json' });
       res.end('{"error":"busy"}');
     });
-    live = await startUpstream('live');
+    live = await cleanups.upstream('live');
     plane = await cleanups.plane({
       usageSink: writer,
       quota,
@@ -65,8 +66,6 @@ describe('metering of retried requests', () => {
     await cleanups.close();
     await quota?.close();
     await writer?.flushAndClose();
-    await busy?.close();
-    await live?.close();
     await pool?.end();
   });
 

@@ -2,7 +2,7 @@
 // settles the usage event's credits once per request (failed requests cost nothing), refuses with
 // 429 quota_exceeded naming the period end, and refuses fail-closed tenants with 503 while usage
 // cannot be recorded.
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import type { DataPlane } from '../../dataplane/server.ts';
@@ -10,7 +10,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createQuotaManager, type QuotaManager } from '../../dataplane/metering/quota.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { UsageEvent } from '../../dataplane/metering/usage.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import {
   apiKey,
   backend,
@@ -38,8 +38,7 @@ describe('quota admission through the gateway', () => {
   const keyCapped = apiKey('free', { quota: { credits: 2, period: 'Daily' } });
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
-    pool.on('error', () => undefined);
+    pool = suitePool(db, 4);
     await migrate(pool);
     quota = createQuotaManager({ pool, syncIntervalMs: 50, exhaustedCacheMs: 0 });
     writer = createMeteringWriter({ pool, flushIntervalMs: 50 });

@@ -12,7 +12,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDataPlane, type DataPlane } from '../../dataplane/server.ts';
 import { makeCa, makeServerCert, presentedCertificate, type TestCa } from '../fixtures/certs.ts';
 import { startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
-import { apiKey, backend, chat, quietLogger, snapshotFor, startUpstream, type Upstream } from './harness.ts';
+import {
+  apiKey,
+  backend,
+  chat,
+  metric,
+  quietLogger,
+  snapshotFor,
+  startUpstream,
+  type Upstream,
+} from './harness.ts';
 
 interface Pair {
   certFile: string;
@@ -186,21 +195,12 @@ describe('data plane TLS', () => {
   });
 
   it("exports the served certificate's expiry and the reload outcomes on the admin port", async () => {
-    const text = await (await request(`${plane.adminUrl}/metrics`)).body.text();
-    const value = (name: string) =>
-      Number(
-        text
-          .split('\n')
-          .find((l) => l.startsWith(name))
-          ?.split(' ')
-          .pop(),
-      );
     // After the rotations above the first certificate is served again.
-    expect(value('gpugate_tls_certificate_expiry_timestamp_seconds')).toBe(
+    expect(await metric(plane, 'gpugate_tls_certificate_expiry_timestamp_seconds')).toBe(
       Math.floor(Date.parse(new X509Certificate(first.cert).validTo) / 1000),
     );
-    expect(value('gpugate_tls_reloads_total{outcome="reloaded"}')).toBeGreaterThanOrEqual(2);
-    expect(value('gpugate_tls_reloads_total{outcome="refused"}')).toBeGreaterThanOrEqual(1);
+    expect(await metric(plane, 'gpugate_tls_reloads_total{outcome="reloaded"}')).toBeGreaterThanOrEqual(2);
+    expect(await metric(plane, 'gpugate_tls_reloads_total{outcome="refused"}')).toBeGreaterThanOrEqual(1);
   });
 
   it('refuses to start with a missing, non-PEM or mismatched pair, naming the file', async () => {

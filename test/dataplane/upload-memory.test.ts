@@ -8,9 +8,9 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
+import { repeatedBody } from '../fixtures/bodies.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, startUpstream, tenant, type Upstream } from './harness.ts';
 
@@ -29,18 +29,8 @@ function memory(pid: number): { rss: number; peak: number } {
   return { rss: kb('VmRSS'), peak: kb('VmHWM') };
 }
 
-/** A body of `bytes` generated in 64 KiB chunks as it is read, never held whole. */
-function body(bytes: number): Readable {
-  const chunk = Buffer.alloc(64 * 1024, 0x5a);
-  let sent = 0;
-  return new Readable({
-    read() {
-      if (sent >= bytes) return this.push(null);
-      sent += chunk.length;
-      this.push(chunk);
-    },
-  });
-}
+/** A body of `bytes` in 64 KiB chunks, generated as it is read. */
+const body = (bytes: number) => repeatedBody(Buffer.alloc(64 * 1024, 0x5a), bytes);
 
 describe('data-plane memory under large uploads (a process with the image flags)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'gpugate-upload-memory-'));

@@ -3,6 +3,7 @@
 // saw, what the simulators received and what Postgres stored.
 import { describe, expect, it } from 'vitest';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { metric } from '../dataplane/harness.ts';
 import { countByStatus, eventually, reconcile, recordedRequests, SOAK, steadyLoad } from './load.ts';
 import { startFleet } from './fleet.ts';
 
@@ -13,15 +14,6 @@ const FAULT_MS = SOAK ? 20_000 : 2_000;
 // case measures: 800 ms made a healthy simulator's answer a 504 whenever a loaded machine delayed its
 // first byte that long. Every failure is now checked to have reached the hung simulator instead.
 const HANG_FIRST_BYTE_MS = 3_000;
-
-/** The data plane's outlier ejections so far (its /metrics, which needs no token). */
-async function ejections(adminUrl: string): Promise<number> {
-  const text = await (await fetch(adminUrl + '/metrics')).text();
-  const line = text
-    .split('\n')
-    .find((l) => l.startsWith('gpugate_upstream_ejections_total{backend="team/sim"} '));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
-}
 
 describe('GPU endpoint faults under load', () => {
   it('an endpoint killed mid-load fails at most the requests in flight on it, duplicates nothing and loses no usage', async () => {
@@ -78,7 +70,7 @@ describe('GPU endpoint faults under load', () => {
       fleet.sims[1]!.setFault({ hang: true });
       // Ejected when the data plane says so, not at an assumed time after the hang (bounded).
       const ejected = await eventually(
-        async () => (await ejections(fleet.plane.adminUrl)) >= 1,
+        async () => (await metric(fleet.plane, 'gpugate_upstream_ejections_total{backend="team/sim"}')) >= 1,
         SOAK ? 60_000 : 20_000,
       );
       const ejectedAt = Date.now();
