@@ -1,11 +1,22 @@
 // Streaming benchmark (not a test): an SSE upstream sends chunks at a fixed pace, each stamped with
-// its send time; clients read the same streams directly and through gpugate (own process, every
-// feature on). Prints time to first token and per-chunk delivery latency (arrival minus send stamp),
-// direct vs gpugate, and the difference; then where the first token's time goes.
+// its send time; clients read the same streams directly, through gpugate (own process, every
+// feature on) and through nginx (one worker, `proxy_buffering off`, upstream keep-alive: the cost of
+// one more process hop on this box, next to gpugate's). Prints time to first token and per-chunk
+// delivery latency (arrival minus send stamp) for each path, what each proxy adds to direct, and
+// where the first token's time goes.
 //
 //   node test/bench/streaming.ts [--streams 16] [--chunks 200] [--gap-ms 5] [--rounds 10]
+//                                [--ttft-rounds 200] [--ttft-max-seconds 120]
 //                                [--warmup 2000] [--keep-alive] [--prompt-bytes 0] [--metered]
-//                                [--node-flags='<flags>']
+//                                [--node-flags='<flags>'] [--no-nginx]
+//
+// --rounds: rounds of `--streams` streams of `--chunks` chunks, per path; per-chunk latency and a
+// first time to first token come from these. --ttft-rounds: then as many rounds of `--streams`
+// one-chunk streams per path, for the first token alone (a round takes about one gap instead of
+// `--chunks` gaps, so a one-stream p99 rests on hundreds of first tokens, not 20); stopped after
+// --ttft-max-seconds if the machine is slow, and the sample counts are printed either way. Paths
+// take turns within each round, in an order that rotates from round to round.
+// nginx is skipped, with a message, when it is not on PATH (`make bench-tools` installs it).
 //
 // The gateway runs with the data plane's Node.js flags (dataplane/node-flags.ts) unless --node-flags
 // says otherwise ('' for none).
@@ -26,8 +37,11 @@
 // --prompt-bytes: pad the user message to this size (the gateway reads, parses and rewrites the body).
 // --metered: gpugate meters into Postgres (DATABASE_URL or an embedded server) with a quota on the
 // tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
-import { spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Pool } from 'undici';
@@ -42,17 +56,22 @@ const { values } = parseArgs({
     chunks: { type: 'string', default: '200' },
     'gap-ms': { type: 'string', default: '5' },
     rounds: { type: 'string', default: '10' },
+    'ttft-rounds': { type: 'string', default: '200' },
+    'ttft-max-seconds': { type: 'string', default: '120' },
     warmup: { type: 'string', default: '2000' },
     'keep-alive': { type: 'boolean', default: false },
     'prompt-bytes': { type: 'string', default: '0' },
     metered: { type: 'boolean', default: false },
     'node-flags': { type: 'string' },
+    'no-nginx': { type: 'boolean', default: false },
   },
 });
 const STREAMS = Number(values.streams);
 const CHUNKS = Number(values.chunks);
 const GAP_MS = Number(values['gap-ms']);
 const ROUNDS = Number(values.rounds);
+const TTFT_ROUNDS = Number(values['ttft-rounds']);
+const TTFT_MAX_MS = Number(values['ttft-max-seconds']) * 1000;
 const WARMUP = Number(values.warmup);
 const KEEP_ALIVE = values['keep-alive'];
 const PROMPT_BYTES = Number(values['prompt-bytes']);
@@ -89,12 +108,76 @@ const nodeFlags =
     : values['node-flags'].split(' ').filter((f) => f !== '');
 const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url, nodeFlags } : { nodeFlags });
 
+/** A free loopback port for nginx (which cannot report a port it picked itself). */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.end();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nginx does not listen on ${port}`);
+}
+
+/**
+ * nginx as a streaming reverse proxy, configured as one would for SSE: one worker, responses not
+ * buffered (each upstream read is written on at once), HTTP/1.1 keep-alive to the upstream.
+ */
+async function startNginx(upstream: string): Promise<{ url: string; stop(): void } | null> {
+  if (values['no-nginx']) return null;
+  if (spawnSync('sh', ['-c', 'command -v nginx']).status !== 0) {
+    process.stdout.write(
+      'nginx not found on PATH: measuring direct and gpugate only (make bench-tools installs it)\n',
+    );
+    return null;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'gpugate-stream-nginx-'));
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy;
+  upstream sse { server ${new URL(upstream).host}; keepalive 64; }
+  server { listen 127.0.0.1:${port};
+    location / { proxy_pass http://sse; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; } } }
+`,
+  );
+  const child: ChildProcess = spawn('nginx', ['-c', join(dir, 'nginx.conf'), '-p', dir], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const stop = () => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('exit', stop);
+  await waitForPort(port);
+  return { url: `http://127.0.0.1:${port}`, stop };
+}
+const nginx = await startNginx(upstreamUrl);
+
 const body = JSON.stringify({
   model: 'bench-model',
   stream: true,
   messages: [{ role: 'user', content: 'hi' + 'x'.repeat(Math.max(0, PROMPT_BYTES - 2)) }],
 });
 const headers = { 'content-type': 'application/json', authorization: `Bearer ${gw.key}` };
+const oneChunk = { ...headers, 'x-bench-chunks': '1' };
 
 interface Sample {
   ttft: number[];
@@ -119,9 +202,23 @@ const emptySample = (): Sample => ({
   lastArrival: [],
 });
 
+interface Path {
+  name: string;
+  base: string;
+  /** The --rounds (many chunks per stream). */
+  streamed: Sample;
+  /** The --ttft-rounds (one chunk per stream). */
+  first: Sample;
+}
+const paths: Path[] = [
+  { name: 'direct', base: upstreamUrl, streamed: emptySample(), first: emptySample() },
+  { name: 'gpugate', base: gw.url, streamed: emptySample(), first: emptySample() },
+];
+if (nginx) paths.push({ name: 'nginx', base: nginx.url, streamed: emptySample(), first: emptySample() });
+
 const pools = new Map<string, Pool>();
 
-async function run(base: string, into: Sample): Promise<void> {
+async function run(base: string, into: Sample, reqHeaders: Record<string, string>): Promise<void> {
   const pool = (KEEP_ALIVE && pools.get(base)) || new Pool(base, { connections: STREAMS });
   if (KEEP_ALIVE) pools.set(base, pool);
   const legs: number[] = [];
@@ -132,8 +229,9 @@ async function run(base: string, into: Sample): Promise<void> {
         path: '/v1/chat/completions',
         method: 'POST',
         body,
-        headers,
+        headers: reqHeaders,
       });
+      if (r.statusCode !== 200) throw new Error(`${base} answered ${r.statusCode}: ${await r.body.text()}`);
       let first = true;
       let buf = '';
       for await (const c of r.body) {
@@ -178,7 +276,7 @@ async function warm(base: string, count: number): Promise<void> {
           path: '/v1/chat/completions',
           method: 'POST',
           body,
-          headers: { ...headers, 'x-bench-chunks': '1' },
+          headers: oneChunk,
         });
         await r.body.dump();
       }
@@ -192,49 +290,71 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
 };
 
-await warm(upstreamUrl, WARMUP);
-await warm(gw.url, WARMUP);
-const direct = emptySample();
-const through = emptySample();
+/** The paths in the order of round `i`: each takes each place in turn, so none is always first. */
+const turn = (i: number) => paths.map((_, k) => paths[(i + k) % paths.length] as Path);
+
+for (const p of paths) await warm(p.base, WARMUP);
 for (let round = 0; round < ROUNDS; round++) {
-  await run(upstreamUrl, direct);
-  await run(gw.url, through);
+  for (const p of turn(round)) await run(p.base, p.streamed, headers);
+}
+const ttftUntil = performance.now() + TTFT_MAX_MS;
+let ttftRounds = 0;
+while (ttftRounds < TTFT_ROUNDS && performance.now() < ttftUntil) {
+  for (const p of turn(ttftRounds)) await run(p.base, p.first, oneChunk);
+  ttftRounds++;
 }
 for (const pool of pools.values()) await pool.close();
 
 const out = (s: string) => process.stdout.write(s);
 out(
-  `${STREAMS} concurrent SSE streams x ${CHUNKS} chunks every ${GAP_MS} ms, ${ROUNDS} rounds (direct and gpugate alternating), ` +
+  `${STREAMS} concurrent SSE streams x ${CHUNKS} chunks every ${GAP_MS} ms, ${ROUNDS} rounds, then ${ttftRounds} rounds of ${STREAMS} one-chunk streams` +
+    `${ttftRounds < TTFT_ROUNDS ? ` (of ${TTFT_ROUNDS} asked: --ttft-max-seconds reached)` : ''}; paths ${paths.map((p) => p.name).join(', ')} taking turns; ` +
     `after ${WARMUP} warm-up requests each; ${KEEP_ALIVE ? 'client connections kept across rounds' : 'a new client connection per stream and round'}; ` +
     `request body ${Buffer.byteLength(body)} bytes; ${METERED ? 'metering into Postgres with a quota lease' : 'usage events into a counting sink, no quota'}\n\n`,
 );
-const row = (name: string, a: number, b: number) =>
-  out(`| ${name} | ${a.toFixed(3)} | ${b.toFixed(3)} | ${(b - a).toFixed(3)} |\n`);
-out('| metric | direct ms | gpugate ms | added ms |\n|---|---|---|---|\n');
+const [direct, ...proxies] = paths as [Path, ...Path[]];
+out(
+  `| metric | n | direct ms | ${proxies.map((p) => `${p.name} ms | ${p.name} added ms`).join(' | ')} |\n` +
+    `|---|---|---|${proxies.map(() => '---|---|').join('')}\n`,
+);
+const row = (name: string, pick: (p: Path) => number[], p: number) => {
+  const d = pct(pick(direct), p);
+  const cells = proxies.map((x) => {
+    const v = pct(pick(x), p);
+    return `${v.toFixed(3)} | ${(v - d).toFixed(3)}`;
+  });
+  out(`| ${name} | ${pick(direct).length} | ${d.toFixed(3)} | ${cells.join(' | ')} |\n`);
+};
 for (const [name, key, p] of [
-  ['time to first token p50', 'ttft', 50],
-  ['time to first token p99', 'ttft', 99],
   ['per-chunk latency p50', 'chunk', 50],
   ['per-chunk latency p99', 'chunk', 99],
-  ['first token: request leg p50', 'requestLeg', 50],
-  ['first token: upstream wait p50', 'upstreamWait', 50],
-  ['first token: response leg p50', 'responseLeg', 50],
+  ['time to first token p50 (chunk rounds)', 'ttft', 50],
+  ['time to first token p99 (chunk rounds)', 'ttft', 99],
 ] as const) {
-  row(name, pct(direct[key], p), pct(through[key], p));
+  row(name, (x) => x.streamed[key], p);
 }
-if (STREAMS > 1) {
-  row(
-    'request leg of the first stream to arrive, p50 over rounds',
-    pct(direct.firstArrival, 50),
-    pct(through.firstArrival, 50),
-  );
-  row(
-    'request leg of the last stream to arrive, p50 over rounds',
-    pct(direct.lastArrival, 50),
-    pct(through.lastArrival, 50),
-  );
+if (ttftRounds > 0) {
+  for (const [name, key, p] of [
+    ['time to first token p50', 'ttft', 50],
+    ['time to first token p90', 'ttft', 90],
+    ['time to first token p99', 'ttft', 99],
+    ['first token: request leg p50', 'requestLeg', 50],
+    ['first token: request leg p99', 'requestLeg', 99],
+    ['first token: upstream wait p50', 'upstreamWait', 50],
+    ['first token: response leg p50', 'responseLeg', 50],
+    ['first token: response leg p99', 'responseLeg', 99],
+  ] as const) {
+    row(`${name} (first-token rounds)`, (x) => x.first[key], p);
+  }
+  if (STREAMS > 1) {
+    row('request leg of the first stream to arrive, p50 over rounds', (x) => x.first.firstArrival, 50);
+    row('request leg of the last stream to arrive, p50 over rounds', (x) => x.first.lastArrival, 50);
+  }
 }
-out(`\nchunks measured: direct ${direct.chunk.length}, gpugate ${through.chunk.length}\n`);
+out(
+  `\nsamples per path: ${paths.map((p) => `${p.name} ${p.streamed.chunk.length} chunks, ${p.streamed.ttft.length + p.first.ttft.length} first tokens`).join('; ')}\n`,
+);
 await gw.stop();
+nginx?.stop();
 await postgres?.stop();
 upstream.kill('SIGTERM');
