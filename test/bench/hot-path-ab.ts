@@ -8,7 +8,13 @@
 //   git archive <commit> dataplane test package.json tsconfig.json | tar -x -C /tmp/base
 //   ln -s "$PWD/node_modules" /tmp/base/node_modules
 //   node test/bench/hot-path-ab.ts --base /tmp/base [--rounds 12] [--seconds 2] [--connections 32]
-//     [--node-flags='<flags>'] [--base-node-flags='<flags>']
+//     [--node-flags='<flags>'] [--base-node-flags='<flags>'] [--sse-chunks 0] [--sse-gap-ms 1]
+//
+// --sse-chunks N (N > 0): streamed requests instead of small JSON ones. The upstream is
+// test/bench/sse-upstream.ts in its own process, answering each `"stream": true` chat request with N
+// token events --sse-gap-ms apart and a usage chunk; the gateway takes the streamed request path
+// (stream-usage splice, SSE usage filter and tap per chunk, usage event at the end), and the ratio is
+// gateway CPU per streamed request, chunks included.
 //
 // Both gateways run with the data plane's Node.js flags (dataplane/node-flags.ts of this tree) unless
 // --node-flags / --base-node-flags say otherwise ('' for none): `--base .` with other flags for the
@@ -17,7 +23,7 @@ import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway, type GatewayProcess } from './gateway-process.ts';
-import { closedLoop, startFixedUpstream } from './load.ts';
+import { closedLoop, startFixedUpstream, startSseUpstream } from './load.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -27,21 +33,36 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '32' },
     'node-flags': { type: 'string' },
     'base-node-flags': { type: 'string' },
+    'sse-chunks': { type: 'string', default: '0' },
+    'sse-gap-ms': { type: 'string', default: '1' },
   },
 });
 if (!args.base) throw new Error('--base <source tree of the other version> is required');
 const rounds = Number(args.rounds);
 const ms = Number(args.seconds) * 1000;
 const connections = Number(args.connections);
+const sseChunks = Number(args['sse-chunks']);
+if (!Number.isInteger(sseChunks) || sseChunks < 0) {
+  throw new Error(
+    `--sse-chunks must be a whole number of chunks (0: JSON requests), got ${args['sse-chunks']}`,
+  );
+}
 const flags = (given: string | undefined) =>
   given === undefined ? DATAPLANE_NODE_FLAGS : given.split(' ').filter((f) => f !== '');
 
 const body = JSON.stringify({
   model: 'bench-model',
+  ...(sseChunks > 0 ? { stream: true } : {}),
   messages: [{ role: 'user', content: 'Say hello in one word.' }],
   max_tokens: 16,
 });
-const upstream = await startFixedUpstream();
+const upstream =
+  sseChunks > 0 ? await startSseUpstream(sseChunks, Number(args['sse-gap-ms'])) : await startFixedUpstream();
+console.log(
+  sseChunks > 0
+    ? `streamed requests: ${sseChunks} SSE chunks ${args['sse-gap-ms']} ms apart and a usage chunk each`
+    : 'small JSON requests',
+);
 const sides: { name: string; gw: GatewayProcess; pool: Pool; cpu: number[] }[] = [];
 for (const [name, root, nodeFlags] of [
   ['this tree', undefined, flags(args['node-flags'])],

@@ -1,8 +1,10 @@
-// Pieces the data-plane benchmarks share: a fixed-answer upstream (node:http, keep-alive) and a
-// closed-loop load generator (undici Pool, n connections each sending its next request when the last
-// answer has been read).
+// Pieces the data-plane benchmarks share: a fixed-answer upstream (node:http, keep-alive), the SSE
+// upstream in its own process (test/bench/sse-upstream.ts), and a closed-loop load generator (undici
+// Pool, n connections each sending its next request when the last answer has been read).
+import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
 import type { Pool } from 'undici';
 
 const CHAT_ANSWER = JSON.stringify({
@@ -29,6 +31,35 @@ export async function startFixedUpstream(answer = CHAT_ANSWER): Promise<{ url: s
       server.close();
     },
   };
+}
+
+/**
+ * test/bench/sse-upstream.ts as its own process (as a model server is): `chunks` stamped SSE events
+ * `gapMs` apart per request. Killed when this process exits.
+ */
+export async function startSseUpstream(
+  chunks: number,
+  gapMs: number,
+): Promise<{ url: string; close(): void }> {
+  const child = spawn(process.execPath, ['test/bench/sse-upstream.ts', String(chunks), String(gapMs)], {
+    cwd: resolve(import.meta.dirname, '..', '..'),
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const close = () => {
+    if (child.exitCode === null) child.kill('SIGTERM');
+  };
+  // Not left listening when this process ends early (a failed start, an exception).
+  process.on('exit', close);
+  const url = await new Promise<string>((res, rej) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /listening (\d+)\n/.exec(out);
+      if (m) res(`http://127.0.0.1:${m[1]}`);
+    });
+    child.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
+  });
+  return { url, close };
 }
 
 /** `connections` loops of POST `path` for `ms`; counts 200s and the rest. */

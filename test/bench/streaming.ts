@@ -41,13 +41,14 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Pool } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startGateway } from './gateway-process.ts';
+import { startSseUpstream } from './load.ts';
 import { startBenchPostgres } from './postgres.ts';
 
 const { values } = parseArgs({
@@ -80,21 +81,8 @@ const METERED = values.metered;
 /** Wall-clock milliseconds with sub-millisecond precision, comparable between processes on one host. */
 const clock = () => performance.timeOrigin + performance.now();
 
-const upstream = spawn(process.execPath, ['test/bench/sse-upstream.ts', String(CHUNKS), String(GAP_MS)], {
-  cwd: resolve(import.meta.dirname, '..', '..'),
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-// Not left listening when this process ends early (a failed start, an exception).
-process.on('exit', () => upstream.kill('SIGTERM'));
-const upstreamUrl = await new Promise<string>((res, rej) => {
-  let out = '';
-  upstream.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-    const m = /listening (\d+)\n/.exec(out);
-    if (m) res(`http://127.0.0.1:${m[1]}`);
-  });
-  upstream.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
-});
+const upstream = await startSseUpstream(CHUNKS, GAP_MS);
+const upstreamUrl = upstream.url;
 const postgres = METERED ? await startBenchPostgres() : null;
 if (postgres) {
   const db = new pg.Pool({ connectionString: postgres.url, max: 1 });
@@ -357,4 +345,4 @@ out(
 await gw.stop();
 nginx?.stop();
 await postgres?.stop();
-upstream.kill('SIGTERM');
+upstream.close();
