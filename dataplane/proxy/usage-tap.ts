@@ -11,11 +11,46 @@ export interface TokenUsage {
 
 const MAX_JSON_BYTES = 1 << 20;
 const SSE_TAIL_BYTES = 16 << 10;
-/** The start of an SSE event carrying a JSON object (a chunk), with or without the space. */
-const DATA_OBJECT = [Buffer.from('\ndata: {'), Buffer.from('\ndata:{')] as const;
-const CARRY_BYTES = DATA_OBJECT[0].length - 1;
+/** Where an SSE event carrying a JSON object (a chunk) starts: this, then `{` or ` {`. */
+const DATA_FIELD = Buffer.from('\ndata:');
+/** The longest event start (`\ndata: {`) less one byte: what a start split across chunks can leave in the earlier one. */
+const CARRY_BYTES = DATA_FIELD.length + 1;
 /** Shared by every tap (only ever replaced, never written): no buffer per request. */
 const STREAM_START = Buffer.from('\n');
+
+/** Length of the event start (`\ndata:{` or `\ndata: {`) at `at` of `b`, 0 when there is none. */
+function eventStartAt(b: Buffer, at: number): number {
+  const i = at + DATA_FIELD.length;
+  if (b[i] === 0x7b) return DATA_FIELD.length + 1;
+  if (b[i] === 0x20 && b[i + 1] === 0x7b) return DATA_FIELD.length + 2;
+  return 0;
+}
+
+/** Byte `at` of `prev` followed by `chunk`, -1 past the end of both. */
+function seamByte(prev: Buffer, chunk: Buffer, at: number): number {
+  if (at < prev.length) return prev[at] as number;
+  const c = chunk[at - prev.length];
+  return c === undefined ? -1 : c;
+}
+
+/**
+ * Event starts that begin in the stream's last bytes before `chunk` (the last CARRY_BYTES of `prev`)
+ * and end in `chunk`; those wholly in either are counted elsewhere. Reads across the boundary byte by
+ * byte instead of copying the two into one buffer: with one event per chunk, every start is here.
+ */
+function eventStartsAcross(prev: Buffer, chunk: Buffer): number {
+  let n = 0;
+  for (let at = Math.max(0, prev.length - CARRY_BYTES); at < prev.length; at++) {
+    let j = 0;
+    while (j < DATA_FIELD.length && seamByte(prev, chunk, at + j) === DATA_FIELD[j]) j++;
+    if (j < DATA_FIELD.length) continue;
+    const next = seamByte(prev, chunk, at + j);
+    const length =
+      next === 0x7b ? j + 1 : next === 0x20 && seamByte(prev, chunk, at + j + 1) === 0x7b ? j + 2 : 0;
+    if (length > 0 && at + length > prev.length) n++;
+  }
+  return n;
+}
 
 export class UsageTap {
   bytes = 0;
@@ -25,8 +60,11 @@ export class UsageTap {
   #overflow = false;
   /** SSE: `data: {` events seen so far (whole stream, not just the tail). */
   #events = 0;
-  /** SSE: the last bytes of the previous chunk, for an event start split across chunks ('\n': stream start). */
-  #carry: Buffer = STREAM_START;
+  /**
+   * SSE: its last CARRY_BYTES are the stream's last bytes so far, for an event start split across
+   * chunks ('\n': stream start).
+   */
+  #tail: Buffer = STREAM_START;
 
   constructor(contentType: string | undefined, readUsage: boolean) {
     if (!readUsage || !contentType) this.#mode = 'none';
@@ -69,45 +107,55 @@ export class UsageTap {
   }
 
   #countEvents(chunk: Buffer): void {
-    const carry = this.#carry;
-    // Event starts split across the boundary: search the carried tail plus the chunk's first bytes
-    // (no copy of the whole chunk), counting matches that begin in the tail and end in the chunk.
-    const seam = Buffer.concat([carry, chunk.subarray(0, CARRY_BYTES)]);
-    for (const pattern of DATA_OBJECT) {
-      let at = seam.indexOf(pattern, Math.max(0, carry.length - pattern.length + 1));
-      while (at >= 0 && at < carry.length) {
-        this.#events++;
-        at = seam.indexOf(pattern, at + pattern.length);
-      }
-      // Matches that begin in the chunk itself.
-      at = chunk.indexOf(pattern);
-      while (at >= 0) {
-        this.#events++;
-        at = chunk.indexOf(pattern, at + pattern.length);
-      }
+    // Starts that began in the previous chunk's last bytes, then those wholly in this chunk (a start
+    // running past its end is counted with the next chunk).
+    this.#events += eventStartsAcross(this.#tail, chunk);
+    let at = chunk.indexOf(DATA_FIELD);
+    while (at >= 0) {
+      if (eventStartAt(chunk, at) > 0) this.#events++;
+      at = chunk.indexOf(DATA_FIELD, at + 1);
     }
-    // A chunk shorter than the carry is wholly in the seam, which then ends where the chunk does.
-    this.#carry =
+    // What ends the stream so far, for the next chunk: this chunk when it is long enough (no copy),
+    // else the previous tail's last bytes and this chunk.
+    this.#tail =
       chunk.length >= CARRY_BYTES
-        ? chunk.subarray(chunk.length - CARRY_BYTES)
-        : seam.subarray(Math.max(0, seam.length - CARRY_BYTES));
+        ? chunk
+        : Buffer.concat([this.#tail.subarray(Math.max(0, this.#tail.length - CARRY_BYTES)), chunk]);
   }
 
   /** The usage the backend reported, or null when it reported none (the caller estimates then). */
   usage(): TokenUsage | null {
     if (this.#mode === 'none' || this.#overflow || this.#chunks.length === 0) return null;
+    if (this.#mode === 'sse') return this.#sseUsage();
     const chunks = this.#chunks;
     const body = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
-    if (this.#mode === 'json') {
-      const trailing = trailingUsage(body);
-      if (trailing !== undefined) return trailing;
-      try {
-        return usageOf(JSON.parse(body.toString('utf8')));
-      } catch {
-        return null;
-      }
+    const trailing = trailingUsage(body);
+    if (trailing !== undefined) return trailing;
+    try {
+      return usageOf(JSON.parse(body.toString('utf8')));
+    } catch {
+      return null;
     }
-    return sseUsage(body.toString('utf8'));
+  }
+
+  /**
+   * The final usage event is nearly always in the last chunk or the one before (then `data: [DONE]`
+   * may follow): those are decoded first, alone, rather than the whole 16 KiB tail. What they give is
+   * the whole tail's answer when the event found there starts after a line break within them (its
+   * line is whole, and every line after it was read whole too); else the whole tail decides.
+   */
+  #sseUsage(): TokenUsage | null {
+    const chunks = this.#chunks;
+    const n = chunks.length;
+    for (let k = 1; k <= Math.min(2, n - 1); k++) {
+      const last = chunks[n - 1] as Buffer;
+      const text = (k === 1 ? last : Buffer.concat([chunks[n - 2] as Buffer, last])).toString('utf8');
+      const found = lastUsageEvent(text);
+      if (found === null) continue;
+      const before = chunks[n - k - 1] as Buffer;
+      if (found.lineStart > 0 || before[before.length - 1] === 0x0a) return found.usage;
+    }
+    return sseUsage((n === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8'));
   }
 }
 
@@ -194,6 +242,11 @@ function usageOf(value: unknown): TokenUsage | null {
 
 /** The usage of the last `data:` event that has a non-null one. */
 export function sseUsage(text: string): TokenUsage | null {
+  return lastUsageEvent(text)?.usage ?? null;
+}
+
+/** sseUsage, with where that event's line starts in `text`. */
+function lastUsageEvent(text: string): { usage: TokenUsage; lineStart: number } | null {
   let end = text.length;
   for (;;) {
     const at = text.lastIndexOf('"usage"', end);
@@ -203,8 +256,8 @@ export function sseUsage(text: string): TokenUsage | null {
     const line = text.slice(lineStart, lineEndRaw < 0 ? undefined : lineEndRaw).trim();
     if (line.startsWith('data:')) {
       try {
-        const u = usageOf(JSON.parse(line.slice(5).trim()));
-        if (u) return u;
+        const usage = usageOf(JSON.parse(line.slice(5).trim()));
+        if (usage) return { usage, lineStart };
       } catch {
         // a cut or foreign line: look further back
       }
@@ -271,7 +324,8 @@ const MAX_PENDING_EVENT = 1 << 20;
  * for its end, which a client could not have used earlier anyway.
  */
 export class UsageChunkFilter {
-  readonly #decoder = new StringDecoder('utf8');
+  /** Made for the first chunk that is decoded (most token chunks never are). */
+  #decoder: StringDecoder | null = null;
   #pending = '';
   /** Nothing held back: the last chunk ended with its last event (so the decoder holds no bytes either). */
   #clean = true;
@@ -290,7 +344,7 @@ export class UsageChunkFilter {
   }
 
   #filter(chunk: Buffer): string {
-    const text = this.#pending + this.#decoder.write(chunk);
+    const text = this.#pending + (this.#decoder ??= new StringDecoder('utf8')).write(chunk);
     let out = '';
     let start = 0;
     for (;;) {
@@ -310,7 +364,7 @@ export class UsageChunkFilter {
   }
 
   flush(): string {
-    const rest = this.#pending + this.#decoder.end();
+    const rest = this.#pending + (this.#decoder?.end() ?? '');
     this.#pending = '';
     return rest;
   }
@@ -364,13 +418,19 @@ function hasEmptyArray(chunk: Buffer): boolean {
   return false;
 }
 
+/** `event` ends with its blank line ("\n\n"). */
 function isUsageOnlyEvent(event: string): boolean {
   if (!event.includes('"usage"') || !event.includes('"choices"')) return false;
-  const data = event
-    .split('\n')
-    .filter((l) => l.startsWith('data:'))
-    .map((l) => l.slice(5).trim())
-    .join('\n');
+  // One `data:` line (what backends send) is its own data; else the data lines are joined.
+  const newline = event.indexOf('\n');
+  const data =
+    newline === event.length - 2 && event.startsWith('data:')
+      ? event.slice(5, newline).trim()
+      : event
+          .split('\n')
+          .filter((l) => l.startsWith('data:'))
+          .map((l) => l.slice(5).trim())
+          .join('\n');
   try {
     const chunk = JSON.parse(data) as { choices?: unknown; usage?: unknown };
     return (

@@ -57,6 +57,85 @@ describe('usage from responses', () => {
   });
 });
 
+describe('an SSE stream read chunk by chunk agrees with the whole stream read at once', () => {
+  // The tap counts events and finds the final usage without joining the stream's chunks; whatever
+  // the chunking, it must say what the whole text says.
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const events = [
+    'data: {"choices":[{"delta":{"content":"tök"}}],"usage":null}\n\n',
+    'data:{"choices":[{"delta":{"content":"no space"}}]}\r\n\r\n',
+    'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}\n\n',
+    'data: {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1}}\n\n',
+    'data: {"choices":[{"delta":{"content":"{\\"usage\\":{\\"prompt_tokens\\":5}}"}}]}\n\n',
+    'xdata: {"usage":{"prompt_tokens":8,"completion_tokens":8}}\n\n',
+    ': comment data: {"usage":{"prompt_tokens":6,"completion_tokens":6}}\n\n',
+    'event: usage\ndata: {"usage":{"prompt_tokens":2,"completion_tokens":2}}\n\n',
+    'data: {"usage":{"prompt_tokens":1,"completion_tokens":\n\n',
+    'data:  {"two spaces":1}\n\n',
+    'data: [DONE]\n\n',
+  ];
+  /** What the tap must find: event starts in the whole text, and sseUsage of the whole text. */
+  const reference = (text: string) => ({
+    events: ('\n' + text).match(/\ndata: ?\{/g)?.length ?? 0,
+    usage: sseUsage(text),
+  });
+
+  it('counts the same events and finds the same usage as sseUsage over the whole text, however it is cut', () => {
+    let withUsage = 0;
+    for (let n = 0; n < 3000; n++) {
+      let text = '';
+      for (let k = 1 + rand(12); k > 0; k--) text += events[rand(events.length)] as string;
+      const whole = Buffer.from(text);
+      // Pieces of 1 to 60 bytes, or one event per piece (how backends write), sometimes cut mid-line.
+      const tap = new UsageTap('text/event-stream', true);
+      const eventWise = rand(2) === 0;
+      for (let at = 0; at < whole.length;) {
+        let step = 1 + rand(60);
+        if (eventWise) {
+          const end = whole.indexOf('\n\n', at);
+          step = end < 0 ? whole.length - at : end + 2 - at;
+          if (rand(8) === 0) step = 1 + rand(step);
+        }
+        tap.onData(whole.subarray(at, at + step));
+        at += step;
+      }
+      const expected = reference(text);
+      if (expected.usage) withUsage++;
+      expect(tap.sseChunks, JSON.stringify(text)).toBe(expected.events);
+      expect(tap.usage(), JSON.stringify(text)).toEqual(expected.usage);
+    }
+    expect(withUsage).toBeGreaterThan(1000);
+  });
+
+  it('reads a usage line cut across chunks, or only looking like one when cut, as the whole text does', () => {
+    // Every split into three pieces: the final chunks alone would show `data: {"usage"...` where the
+    // whole line is `xdata: ...` or a comment, or a usage line whose start is in an earlier chunk.
+    const streams = [
+      'data: {"choices":[]}\n\nxdata: {"usage":{"prompt_tokens":8,"completion_tokens":8}}\n\ndata: [DONE]\n\n',
+      'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n: c data: {"usage":{"prompt_tokens":6,"completion_tokens":6}}\n\n',
+      'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\ndata: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n',
+    ];
+    for (const text of streams) {
+      const whole = Buffer.from(text);
+      const expected = reference(text);
+      for (let i = 1; i < whole.length; i++) {
+        for (let j = i; j < whole.length; j++) {
+          const tap = new UsageTap('text/event-stream', true);
+          tap.onData(whole.subarray(0, i));
+          if (j > i) tap.onData(whole.subarray(i, j));
+          tap.onData(whole.subarray(j));
+          expect(tap.usage(), `${JSON.stringify(text)} cut at ${i}, ${j}`).toEqual(expected.usage);
+          expect(tap.sseChunks).toBe(expected.events);
+        }
+      }
+    }
+  });
+});
+
 /** What the whole parse says: the top-level usage's counts (the spec the trailing reader must match). */
 function wholeParseUsage(text: string): { inputTokens: number; outputTokens: number } | null {
   let v: unknown;
@@ -280,6 +359,20 @@ describe('asking for stream usage on the client’s behalf', () => {
     );
     expect(parsed[0]!.choices[0]!.delta.content).toBe('{"usage":null} and ,"usage":null');
     expect(parsed.every((p) => !('usage' in p))).toBe(true);
+  });
+
+  it('drops a usage-only event whose data spans several lines, as it drops a one-line one', () => {
+    const filter = new UsageChunkFilter();
+    const out = filter.push(
+      Buffer.from(
+        'data: {"choices":[{"delta":{"content":"a"}}]}\n\n' +
+          'event: chunk\ndata: {"choices": [],\ndata:  "usage": {"prompt_tokens": 1, "completion_tokens": 1}}\n\n' +
+          'data: [DONE]\n\n',
+      ),
+    );
+    expect(out.toString() + filter.flush()).toBe(
+      'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n',
+    );
   });
 
   it('keeps the usage-only final chunk from the client, however the stream is split', () => {
