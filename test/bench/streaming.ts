@@ -15,7 +15,8 @@
 // one-chunk streams per path, for the first token alone (a round takes about one gap instead of
 // `--chunks` gaps, so a one-stream p99 rests on hundreds of first tokens, not 20); stopped after
 // --ttft-max-seconds if the machine is slow, and the sample counts are printed either way. Paths
-// take turns within each round, in an order that rotates from round to round.
+// take turns within each round, in an order that rotates from round to round. Each proxy's CPU time
+// (/proc) over its own rounds gives its CPU per stream of either kind, and from the two, per chunk.
 // nginx is skipped, with a message, when it is not on PATH (`make bench-tools` installs it).
 //
 // The gateway runs with the data plane's Node.js flags (dataplane/node-flags.ts) unless --node-flags
@@ -38,7 +39,7 @@
 // --metered: gpugate meters into Postgres (DATABASE_URL or an embedded server) with a quota on the
 // tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -96,6 +97,19 @@ const nodeFlags =
     : values['node-flags'].split(' ').filter((f) => f !== '');
 const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url, nodeFlags } : { nodeFlags });
 
+/** The fields of /proc/<pid>/stat after the command name (null: gone). */
+function statFields(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** User + system CPU of those fields in microseconds (100 ticks/s). */
+const cpuOf = (fields: string[]) => (Number(fields[11]) + Number(fields[12])) * 10_000;
+
 /** A free loopback port for nginx (which cannot report a port it picked itself). */
 async function freePort(): Promise<number> {
   const probe = createServer();
@@ -124,7 +138,7 @@ async function waitForPort(port: number): Promise<void> {
  * nginx as a streaming reverse proxy, configured as one would for SSE: one worker, responses not
  * buffered (each upstream read is written on at once), HTTP/1.1 keep-alive to the upstream.
  */
-async function startNginx(upstream: string): Promise<{ url: string; stop(): void } | null> {
+async function startNginx(upstream: string): Promise<{ url: string; cpuUs(): number; stop(): void } | null> {
   if (values['no-nginx']) return null;
   if (spawnSync('sh', ['-c', 'command -v nginx']).status !== 0) {
     process.stdout.write(
@@ -155,7 +169,18 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
   };
   process.on('exit', stop);
   await waitForPort(port);
-  return { url: `http://127.0.0.1:${port}`, stop };
+  const master = child.pid as number;
+  // The master and its worker (the one that serves).
+  const cpuUs = () => {
+    let us = 0;
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const fields = statFields(Number(entry));
+      if (fields && (Number(entry) === master || Number(fields[1]) === master)) us += cpuOf(fields);
+    }
+    return us;
+  };
+  return { url: `http://127.0.0.1:${port}`, cpuUs, stop };
 }
 const nginx = await startNginx(upstreamUrl);
 
@@ -193,16 +218,43 @@ const emptySample = (): Sample => ({
 interface Path {
   name: string;
   base: string;
+  /** The proxy's CPU time so far in microseconds (null: direct, no proxy). */
+  cpuUs: (() => number) | null;
   /** The --rounds (many chunks per stream). */
   streamed: Sample;
   /** The --ttft-rounds (one chunk per stream). */
   first: Sample;
+  /** The proxy's CPU time (µs) and the wall time (ms) of its own --rounds and --ttft-rounds. */
+  streamedCpu: { us: number; ms: number };
+  firstCpu: { us: number; ms: number };
+  /** Its CPU time while the other paths ran their rounds: its own background work (health checks). */
+  idleCpu: { us: number; ms: number };
 }
-const paths: Path[] = [
-  { name: 'direct', base: upstreamUrl, streamed: emptySample(), first: emptySample() },
-  { name: 'gpugate', base: gw.url, streamed: emptySample(), first: emptySample() },
-];
-if (nginx) paths.push({ name: 'nginx', base: nginx.url, streamed: emptySample(), first: emptySample() });
+const path = (name: string, base: string, cpuUs: (() => number) | null): Path => ({
+  name,
+  base,
+  cpuUs,
+  streamed: emptySample(),
+  first: emptySample(),
+  streamedCpu: { us: 0, ms: 0 },
+  firstCpu: { us: 0, ms: 0 },
+  idleCpu: { us: 0, ms: 0 },
+});
+
+/** Runs `p`'s round, adding each proxy's CPU to p's own tally (`into`) or to its idle one. */
+async function measured(p: Path, into: (x: Path) => { us: number; ms: number }, round: () => Promise<void>) {
+  const before = paths.map((x) => x.cpuUs?.() ?? 0);
+  const t0 = performance.now();
+  await round();
+  const ms = performance.now() - t0;
+  paths.forEach((x, i) => {
+    const tally = x === p ? into(x) : x.idleCpu;
+    tally.us += (x.cpuUs?.() ?? 0) - (before[i] as number);
+    tally.ms += ms;
+  });
+}
+const paths: Path[] = [path('direct', upstreamUrl, null), path('gpugate', gw.url, () => gw.cpuUs())];
+if (nginx) paths.push(path('nginx', nginx.url, nginx.cpuUs));
 
 const pools = new Map<string, Pool>();
 
@@ -283,12 +335,22 @@ const turn = (i: number) => paths.map((_, k) => paths[(i + k) % paths.length] as
 
 for (const p of paths) await warm(p.base, WARMUP);
 for (let round = 0; round < ROUNDS; round++) {
-  for (const p of turn(round)) await run(p.base, p.streamed, headers);
+  for (const p of turn(round))
+    await measured(
+      p,
+      (x) => x.streamedCpu,
+      () => run(p.base, p.streamed, headers),
+    );
 }
 const ttftUntil = performance.now() + TTFT_MAX_MS;
 let ttftRounds = 0;
 while (ttftRounds < TTFT_ROUNDS && performance.now() < ttftUntil) {
-  for (const p of turn(ttftRounds)) await run(p.base, p.first, oneChunk);
+  for (const p of turn(ttftRounds))
+    await measured(
+      p,
+      (x) => x.firstCpu,
+      () => run(p.base, p.first, oneChunk),
+    );
   ttftRounds++;
 }
 for (const pool of pools.values()) await pool.close();
@@ -339,6 +401,25 @@ if (ttftRounds > 0) {
     row('request leg of the last stream to arrive, p50 over rounds', (x) => x.first.lastArrival, 50);
   }
 }
+// CPU per stream of each proxy over its own rounds, less its background rate (measured while the
+// other paths ran) over their length; /proc counts in 10 ms ticks, so the total is printed too. The
+// two kinds of stream differ by CHUNKS - 1 chunks, which gives the CPU per chunk.
+for (const p of proxies) {
+  const idlePerMs = p.idleCpu.ms > 0 ? p.idleCpu.us / p.idleCpu.ms : 0;
+  const perStream = (t: { us: number; ms: number }, streams: number) =>
+    streams > 0 ? (t.us - idlePerMs * t.ms) / streams : NaN;
+  const streamed = perStream(p.streamedCpu, ROUNDS * STREAMS);
+  const first = perStream(p.firstCpu, ttftRounds * STREAMS);
+  out(
+    `\n${p.name} CPU: ${streamed.toFixed(0)} µs per ${CHUNKS}-chunk stream (of ${(p.streamedCpu.us / 1000).toFixed(0)} ms measured), ` +
+      `${first.toFixed(0)} µs per one-chunk stream (of ${(p.firstCpu.us / 1000).toFixed(0)} ms)` +
+      (CHUNKS > 1 && ttftRounds > 0
+        ? `, so ${((streamed - first) / (CHUNKS - 1)).toFixed(1)} µs per further chunk`
+        : '') +
+      `; background ${(idlePerMs * 1000).toFixed(0)} µs/s`,
+  );
+}
+out('\n');
 out(
   `\nsamples per path: ${paths.map((p) => `${p.name} ${p.streamed.chunk.length} chunks, ${p.streamed.ttft.length + p.first.ttft.length} first tokens`).join('; ')}\n`,
 );
