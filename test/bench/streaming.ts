@@ -170,13 +170,18 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
   process.on('exit', stop);
   await waitForPort(port);
   const master = child.pid as number;
-  // The master and its worker (the one that serves).
+  // The master and its worker (the one that serves), found once at the first reading (after the
+  // warm-up, so the worker has long been forked).
+  let pids: number[] | null = null;
   const cpuUs = () => {
+    pids ??= readdirSync('/proc')
+      .filter((e) => /^\d+$/.test(e))
+      .map(Number)
+      .filter((pid) => pid === master || Number(statFields(pid)?.[1]) === master);
     let us = 0;
-    for (const entry of readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const fields = statFields(Number(entry));
-      if (fields && (Number(entry) === master || Number(fields[1]) === master)) us += cpuOf(fields);
+    for (const pid of pids) {
+      const fields = statFields(pid);
+      if (fields) us += cpuOf(fields);
     }
     return us;
   };
