@@ -171,10 +171,15 @@ async function main(): Promise<void> {
       return { snapshot, secrets, problemCount: problems.length };
     };
 
+    // Changes seen before the first compile starts are in what it reads (it reads the watcher before
+    // its first await), so only later ones ask for a reload.
+    let firstCompileStarted = false;
     const registrations = startRegistrationWatcher({
       databaseUrl,
       logger: log,
-      onChange: () => reload('registered endpoints changed'),
+      onChange: () => {
+        if (firstCompileStarted) reload('registered endpoints changed');
+      },
     });
     stops.push(async () => {
       await registrations.close();
@@ -223,7 +228,12 @@ async function main(): Promise<void> {
       );
     };
 
-    printBanner(await exclusive(compileAndPush));
+    printBanner(
+      await exclusive(() => {
+        firstCompileStarted = true;
+        return compileAndPush();
+      }),
+    );
 
     let timer: NodeJS.Timeout | null = null;
     const watcher = watch(examplesDir, () => {

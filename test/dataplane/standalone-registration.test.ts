@@ -69,6 +69,27 @@ describe('standalone mode (make run): model-server self-registration', () => {
   let exitCode: number | null = null;
   let fleetSim: Simulator;
   let pool: pg.Pool;
+  let env: NodeJS.ProcessEnv = {};
+
+  const start = async () => {
+    out = '';
+    exitCode = null;
+    child = spawn(process.execPath, [join(repo, 'operator/standalone/main.ts')], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('exit', (code) => (exitCode = code));
+    await waitFor('the banner', () => out.includes('Ctrl-C stops everything') || exitCode !== null);
+    expect(out).toContain('gpugate is running');
+    gateway = /gateway\s+(http:\/\/\S+)/.exec(out)![1]!;
+    key = /key\s+.*: (gpg_\w+)/.exec(out)![1]!;
+  };
+  const stop = async () => {
+    child.kill('SIGINT');
+    await waitFor('exit', () => exitCode !== null, 30_000);
+  };
 
   beforeAll(async () => {
     const simPort = await freePort();
@@ -89,33 +110,21 @@ describe('standalone mode (make run): model-server self-registration', () => {
       decodeMsPerToken: 0,
       outputTokens: 2,
     });
-    child = spawn(process.execPath, [join(repo, 'operator/standalone/main.ts')], {
-      env: {
-        ...process.env,
-        GPUGATE_EXAMPLES: examples,
-        GPUGATE_RUN_DIR: mkdtempSync(join(tmpdir(), 'gpugate-run-')),
-        GPUGATE_PORT: '0',
-        GPUGATE_ADMIN_PORT: '0',
-        GPUGATE_SIMULATOR_PORT: String(simPort),
-        DATABASE_URL: db.url,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('exit', (code) => (exitCode = code));
-    await waitFor('the banner', () => out.includes('Ctrl-C stops everything') || exitCode !== null);
-    expect(out).toContain('gpugate is running');
-    gateway = /gateway\s+(http:\/\/\S+)/.exec(out)![1]!;
-    key = /key\s+.*: (gpg_\w+)/.exec(out)![1]!;
+    env = {
+      ...process.env,
+      GPUGATE_EXAMPLES: examples,
+      GPUGATE_RUN_DIR: mkdtempSync(join(tmpdir(), 'gpugate-run-')),
+      GPUGATE_PORT: '0',
+      GPUGATE_ADMIN_PORT: '0',
+      GPUGATE_SIMULATOR_PORT: String(simPort),
+      DATABASE_URL: db.url,
+    };
+    await start();
     pool = suitePool(db, 2);
   });
 
   afterAll(async () => {
-    if (exitCode === null) {
-      child.kill('SIGINT');
-      await waitFor('exit', () => exitCode !== null, 30_000).catch(() => child.kill('SIGKILL'));
-    }
+    if (child && exitCode === null) await stop().catch(() => child.kill('SIGKILL'));
     await pool?.end();
     await fleetSim?.close();
   });
@@ -232,5 +241,21 @@ describe('standalone mode (make run): model-server self-registration', () => {
     });
     expect(await rows()).toEqual([]);
     expect(out).toContain('registered endpoints changed');
+  });
+
+  it('a live registration survives a restart: the first snapshot after it already routes to the server', async () => {
+    expect((await webhook('/webhook/register', { backend: 'fleet', url: fleetSim.url }, SECRET)).status).toBe(
+      201,
+    );
+    await waitFor('the registration to be routed', async () => (await complete('sim-fleet')).status === 200);
+    const pushed = [...out.matchAll(/"revision":"(\w+)","msg":"snapshot pushed"/g)].map((m) => m[1]);
+    const withRegistration = pushed.at(-1);
+    await stop();
+    expect(exitCode).toBe(0);
+    await start();
+    // The registration was read before the first compile: the banner's snapshot is the one with it (the
+    // revision is a content hash), not one without it that a reload replaces a moment later.
+    expect(/standalone, snapshot (\w+)/.exec(out)?.[1]).toBe(withRegistration);
+    expect(await complete('sim-fleet')).toMatchObject({ status: 200, sim: 'gpusim-fleet' });
   });
 });
