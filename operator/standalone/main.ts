@@ -16,7 +16,8 @@
 // registered_endpoints table of the same database (the metering pool), and the operator's registration
 // watcher (LISTEN/NOTIFY, expiry timer, poll) feeds the live registrations of backends whose spec accepts
 // them into the snapshot, which is recompiled and pushed when they change. Compiles run one at a time, so
-// a file edit and a registration arriving together cannot push an older snapshot over a newer one.
+// a file edit and a registration arriving together do not race an older snapshot against a newer one to
+// the data plane (it would refuse the older one as stale, a spurious failed reload).
 import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { mkdirSync } from 'node:fs';
