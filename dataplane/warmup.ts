@@ -392,7 +392,11 @@ async function clientConnection(
   socket.on('error', (err) => fail(err));
   socket.on('close', () => fail(new Error('the warm-up connection closed')));
   try {
-    await once(socket, 'connect');
+    // 'close' too: the budget may destroy the socket before it connects, and then no 'connect' comes.
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('close', () => reject(new Error('the warm-up connection closed')));
+    });
     for (let i = take(); i !== null; i = take()) {
       const req = mix[i % mix.length] as WarmupRequest;
       const answer = new Promise<{ head: string; body: Buffer }>((resolve, reject) => {
