@@ -172,24 +172,52 @@ class MessageReader {
   }
 }
 
-const SSE_HEAD = Buffer.from(
-  'HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n',
-);
 function sseChunk(text: string): Buffer {
   return Buffer.from(`${Buffer.byteLength(text).toString(16)}\r\n${text}\r\n`);
 }
-const SSE_TOKEN = sseChunk(
-  'data: {"id":"warmup","object":"chat.completion.chunk","model":"warmup","choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n',
-);
-const SSE_USAGE = sseChunk(
-  `data: {"id":"warmup","object":"chat.completion.chunk","model":"warmup","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":${STREAM_CHUNKS},"total_tokens":${12 + STREAM_CHUNKS}}}\n\n`,
-);
+
+/**
+ * How a model server answers, in two dialects, taken in turn: vLLM's (uvicorn's headers, its usage
+ * object) and a Node.js server's (date, keep-alive headers). Code that reads response heads and usage
+ * objects then has seen more than one shape before real traffic brings its own, as it will.
+ */
+interface StubDialect {
+  sseHead: Buffer;
+  token: Buffer;
+  usage: Buffer;
+  json: Buffer;
+}
+
 const SSE_END = Buffer.concat([sseChunk('data: [DONE]\n\n'), Buffer.from('0\r\n\r\n')]);
-const JSON_BODY =
-  '{"id":"warmup","object":"chat.completion","model":"warmup","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}';
-const JSON_ANSWER = Buffer.from(
-  `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(JSON_BODY)}\r\n\r\n${JSON_BODY}`,
-);
+
+function dialect(sseHeaders: string, jsonHeaders: string, usage: string): StubDialect {
+  const chunk = (fields: string) =>
+    sseChunk(
+      `data: {"id":"chatcmpl-warmup","object":"chat.completion.chunk","created":1,"model":"warmup",${fields}}\n\n`,
+    );
+  const json = `{"id":"chatcmpl-warmup","object":"chat.completion","created":1,"model":"warmup","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":${usage}}`;
+  return {
+    sseHead: Buffer.from(`HTTP/1.1 200 OK\r\n${sseHeaders}transfer-encoding: chunked\r\n\r\n`),
+    token: chunk('"choices":[{"index":0,"delta":{"content":"tok"},"logprobs":null,"finish_reason":null}]'),
+    usage: chunk(`"choices":[],"usage":${usage}`),
+    json: Buffer.from(
+      `HTTP/1.1 200 OK\r\n${jsonHeaders}content-length: ${Buffer.byteLength(json)}\r\n\r\n${json}`,
+    ),
+  };
+}
+
+const DIALECTS: readonly StubDialect[] = [
+  dialect(
+    'date: Sat, 21 Nov 2026 12:00:00 GMT\r\nserver: uvicorn\r\ncontent-type: text/event-stream; charset=utf-8\r\n',
+    'date: Sat, 21 Nov 2026 12:00:00 GMT\r\nserver: uvicorn\r\ncontent-type: application/json\r\n',
+    `{"prompt_tokens":12,"total_tokens":${12 + STREAM_CHUNKS},"completion_tokens":${STREAM_CHUNKS},"prompt_tokens_details":null}`,
+  ),
+  dialect(
+    'content-type: text/event-stream\r\ncache-control: no-cache\r\ndate: Sat, 21 Nov 2026 12:00:00 GMT\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n',
+    'content-type: application/json\r\ndate: Sat, 21 Nov 2026 12:00:00 GMT\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n',
+    `{"prompt_tokens":12,"completion_tokens":${STREAM_CHUNKS}}`,
+  ),
+];
 
 /**
  * The stub model server: answers every request on loopback like an OpenAI-style server, a stream
@@ -199,24 +227,26 @@ const JSON_ANSWER = Buffer.from(
 function serveStub(socket: Socket): void {
   socket.setNoDelay(true);
   socket.on('error', () => socket.destroy());
+  let answered = 0;
   const reader = new MessageReader((_head, body) => {
+    const d = DIALECTS[answered++ % DIALECTS.length] as StubDialect;
     const text = body.toString('latin1');
     if (!text.includes('"stream":true')) {
-      socket.write(JSON_ANSWER);
+      socket.write(d.json);
       return;
     }
     const usage = text.includes('"include_usage":true');
-    socket.write(SSE_HEAD);
+    socket.write(d.sseHead);
     let i = 0;
     const next = (): void => {
       if (socket.destroyed) return;
       if (i < STREAM_CHUNKS) {
         i++;
-        socket.write(SSE_TOKEN);
+        socket.write(d.token);
         setImmediate(next);
         return;
       }
-      if (usage) socket.write(SSE_USAGE);
+      if (usage) socket.write(d.usage);
       socket.write(SSE_END);
     };
     setImmediate(next);
@@ -244,35 +274,63 @@ interface WarmupRequest {
   usage: boolean | null;
 }
 
-function post(path: string, key: string, body: unknown): Buffer {
+/**
+ * Request heads as common clients send them (curl, the OpenAI Python SDK, Node's fetch, a bare one):
+ * Node builds each request's header object in arrival order, so one client's shape alone would leave
+ * code optimized for that shape only, to be thrown away at the first real request of another.
+ */
+const CLIENT_HEADERS: readonly ((key: string) => string)[] = [
+  (key) => `host: gateway\r\nuser-agent: curl/8.5.0\r\naccept: */*\r\nauthorization: Bearer ${key}\r\n`,
+  (key) =>
+    `host: gateway\r\naccept-encoding: gzip, deflate\r\nconnection: keep-alive\r\naccept: application/json\r\n` +
+    `user-agent: OpenAI/Python 1.54.0\r\nx-stainless-lang: python\r\nx-stainless-package-version: 1.54.0\r\n` +
+    `authorization: Bearer ${key}\r\nx-stainless-retry-count: 0\r\n`,
+  (key) =>
+    `host: gateway\r\nconnection: keep-alive\r\nauthorization: Bearer ${key}\r\naccept: */*\r\n` +
+    `accept-language: *\r\nsec-fetch-mode: cors\r\nuser-agent: node\r\naccept-encoding: gzip, deflate\r\n`,
+  (key) => `host: gateway\r\nauthorization: Bearer ${key}\r\nx-request-id: warmup-request\r\n`,
+];
+
+function post(path: string, head: string, body: unknown): Buffer {
   const text = JSON.stringify(body);
   return Buffer.from(
-    `POST ${path} HTTP/1.1\r\nhost: warmup\r\nauthorization: Bearer ${key}\r\ncontent-type: application/json\r\n` +
-      `accept: text/event-stream\r\ncontent-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
+    `POST ${path} HTTP/1.1\r\n${head}content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
   );
 }
 
-/** The mix: mostly streams (what a GPU gateway serves), JSON completions, and the model list. */
+/**
+ * The mix: mostly streams (what a GPU gateway serves), JSON completions and the model list, each from
+ * every client shape.
+ */
 function requestMix(key: string): WarmupRequest[] {
   const messages = [{ role: 'user', content: 'warm-up' }];
-  const chat = (model: string, extra: Record<string, unknown>) =>
-    post('/v1/chat/completions', key, { model, messages, max_tokens: 16, ...extra });
-  return [
-    { bytes: chat('warmup-a', { stream: true }), usage: false },
-    { bytes: chat('warmup-a', {}), usage: null },
-    { bytes: chat('warmup-b', { stream: true, stream_options: { include_usage: true } }), usage: true },
-    { bytes: chat('warmup-b', { stream: true }), usage: false },
-    {
-      bytes: post('/v1/completions', key, { model: 'warmup-b', prompt: 'warm-up', max_tokens: 16 }),
-      usage: null,
-    },
-    { bytes: chat('warmup-a', { stream: true, stream_options: { include_usage: true } }), usage: true },
-    {
-      bytes: Buffer.from(`GET /v1/models HTTP/1.1\r\nhost: warmup\r\nauthorization: Bearer ${key}\r\n\r\n`),
-      usage: null,
-    },
-    { bytes: chat('warmup-a', { stream: true }), usage: false },
-  ];
+  const mix: WarmupRequest[] = [];
+  for (const [i, client] of CLIENT_HEADERS.entries()) {
+    const head = client(key);
+    // Bodies differ by client too (the parsed body's shape is read for the model and max_tokens).
+    const chat = (model: string, extra: Record<string, unknown>) =>
+      post(
+        '/v1/chat/completions',
+        head,
+        i % 2 === 0
+          ? { model, messages, max_tokens: 16, ...extra }
+          : { messages, model, ...extra, temperature: 0.7, max_tokens: 16 },
+      );
+    mix.push(
+      { bytes: chat('warmup-a', { stream: true }), usage: false },
+      { bytes: chat('warmup-a', {}), usage: null },
+      { bytes: chat('warmup-b', { stream: true, stream_options: { include_usage: true } }), usage: true },
+      { bytes: chat('warmup-b', { stream: true }), usage: false },
+      {
+        bytes: post('/v1/completions', head, { model: 'warmup-b', prompt: 'warm-up', max_tokens: 16 }),
+        usage: null,
+      },
+      { bytes: chat('warmup-a', { stream: true, stream_options: { include_usage: true } }), usage: true },
+      { bytes: Buffer.from(`GET /v1/models HTTP/1.1\r\n${head}\r\n`), usage: null },
+      { bytes: chat('warmup-a', { stream: true }), usage: false },
+    );
+  }
+  return mix;
 }
 
 function warmupBackend(
@@ -297,7 +355,11 @@ function warmupBackend(
       queueTimeoutMs: 5_000,
       metricsPath: '/metrics',
     },
-    healthCheck: null,
+    // One backend checked, one not: both shapes are common in snapshots. Checks go to the stub too.
+    healthCheck:
+      policy === 'LeastRequest'
+        ? { path: '/health', intervalMs: 1_000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 3 }
+        : null,
     retries: { attempts: 1, retryOnStatus: [503] },
     timeouts: { connectMs: 2_000, firstByteMs: 10_000, totalMs: 30_000 },
     maxRequestBytes: 100 * 1024 * 1024,
