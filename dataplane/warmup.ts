@@ -52,6 +52,8 @@ export type WarmupOutcome =
   | { state: 'done'; requests: number; durationMs: number }
   /** The budget ran out first: `requests` were served. */
   | { state: 'budget'; requests: number; durationMs: number }
+  /** The serving plane began to close first. */
+  | { state: 'aborted'; requests: number; durationMs: number }
   | { state: 'failed'; requests: number; durationMs: number; error: string };
 
 export class WarmupConfigError extends Error {}
@@ -496,7 +498,7 @@ export interface WarmupDeps {
 }
 
 /**
- * Runs the warm-up. Never rejects: resolves with the outcome (done, budget spent or aborted, failed)
+ * Runs the warm-up. Never rejects: resolves with the outcome (done, budget spent, aborted, failed)
  * once the private plane and the stubs are closed; onOutcome hears it as soon as it is known.
  */
 export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<WarmupOutcome> {
@@ -518,9 +520,9 @@ export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<War
   const outOfTime = new Promise<'budget'>((resolve) => {
     budgetTimer = setTimeout(() => resolve('budget'), opts.budgetMs);
   });
-  const aborted = new Promise<'budget'>((resolve) => {
-    if (deps.signal.aborted) resolve('budget');
-    deps.signal.addEventListener('abort', () => resolve('budget'), { once: true });
+  const aborted = new Promise<'aborted'>((resolve) => {
+    if (deps.signal.aborted) resolve('aborted');
+    deps.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
   });
   const stubs: Server[] = [];
   let plane: DataPlane | null = null;
@@ -559,7 +561,7 @@ export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<War
     outcome =
       how === 'done' && served === opts.requests
         ? { state: 'done', requests: served, durationMs: elapsed() }
-        : { state: 'budget', requests: served, durationMs: elapsed() };
+        : { state: how === 'aborted' ? 'aborted' : 'budget', requests: served, durationMs: elapsed() };
   } catch (err) {
     outcome = {
       state: 'failed',

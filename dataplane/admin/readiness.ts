@@ -60,6 +60,12 @@ function warmupCheck(outcome: WarmupOutcome | null): Check {
         required: true,
         reason: `warm-up stopped by its time budget after ${outcome.requests} requests (${outcome.durationMs} ms)`,
       };
+    case 'aborted':
+      return {
+        ok: true,
+        required: true,
+        reason: `warm-up stopped after ${outcome.requests} requests: closing`,
+      };
     case 'failed':
       return { ok: true, required: true, reason: `warm-up failed, serving without it: ${outcome.error}` };
   }

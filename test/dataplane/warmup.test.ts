@@ -85,7 +85,7 @@ describe('request-path warm-up', () => {
     // Closing the plane ends the warm-up too (it is aborted, not awaited to its end).
     await plane.close({ drainMs: 0 });
     const outcome = await plane.warmup;
-    expect(outcome.state).toBe('budget');
+    expect(outcome.state).toBe('aborted');
   });
 
   it('makes /readyz true once done, and leaves no trace in metrics, usage, the access log or the backends', async () => {
