@@ -19,6 +19,9 @@
 //   --tls-cert-file / GPUGATE_TLS_CERT_FILE and --tls-key-file / GPUGATE_TLS_KEY_FILE (both or neither):
 //     serve HTTPS on the public port with this PEM pair, re-read every --tls-reload-ms /
 //     GPUGATE_TLS_RELOAD_MS (10000; 0: never) and swapped in when it changes; the admin port stays HTTP
+//   --warmup-requests / GPUGATE_WARMUP_REQUESTS (2000; 0: off) and --warmup-budget-ms /
+//     GPUGATE_WARMUP_BUDGET_MS (2000): before /readyz says ready, serve this many requests through a
+//     private plane on loopback, stopping at the budget (dataplane/warmup.ts)
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -35,6 +38,7 @@ import {
   observabilityOptions,
 } from './observability/options.ts';
 import { TlsConfigError } from './tls/certs.ts';
+import { WARMUP_FLAGS, WarmupConfigError, warmupOptions } from './warmup.ts';
 
 const { values } = parseArgs({
   options: {
@@ -53,6 +57,7 @@ const { values } = parseArgs({
     'tls-key-file': { type: 'string' },
     'tls-reload-ms': { type: 'string' },
     ...OBSERVABILITY_FLAGS,
+    ...WARMUP_FLAGS,
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -64,7 +69,8 @@ if (values.help) {
       '               [--otlp-endpoint URL [--trace-sample 0..1]]\n' +
       '               [--snapshot snapshot.json] [--instance-id ID] [--drain-ms MS]\n' +
       '               [--database-url postgres://...] [--usage-retention-days N]\n' +
-      '               [--tls-cert-file tls.crt --tls-key-file tls.key [--tls-reload-ms MS]]\n',
+      '               [--tls-cert-file tls.crt --tls-key-file tls.key [--tls-reload-ms MS]]\n' +
+      '               [--warmup-requests N (0: off)] [--warmup-budget-ms MS]\n',
   );
   process.exit(0);
 }
@@ -73,10 +79,12 @@ const env = process.env;
 const logger = pino({ level: env.LOG_LEVEL ?? 'info' });
 
 let observability: ReturnType<typeof observabilityOptions>;
+let warmup: ReturnType<typeof warmupOptions>;
 try {
   observability = observabilityOptions(values, env);
+  warmup = warmupOptions(values, env);
 } catch (err) {
-  if (!(err instanceof ObservabilityConfigError)) throw err;
+  if (!(err instanceof ObservabilityConfigError) && !(err instanceof WarmupConfigError)) throw err;
   logger.fatal(err.message);
   process.exit(2);
 }
@@ -152,6 +160,7 @@ const plane = await createDataPlane({
   registry,
   accessLog: observability.accessLog,
   tracing: observability.tracing,
+  warmup,
   ...(metering
     ? {
         usageSink: metering.writer,

@@ -6,7 +6,7 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
 import Fastify, { type FastifyError } from 'fastify';
-import { pino, type Logger } from 'pino';
+import { pino, type Level, type Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { SnapshotStore } from './config/validate.ts';
 import type { UsageSink } from './metering/usage.ts';
@@ -33,6 +33,7 @@ import type { RegistrationStore } from './registration/store.ts';
 import { loadTlsPair, tlsMetrics, watchTlsPair, type TlsFiles } from './tls/certs.ts';
 import { UpstreamRegistry } from './upstream/endpoint.ts';
 import { DEFAULT_OUTLIER, type OutlierOptions } from './upstream/health.ts';
+import { warmUp, type WarmupOptions, type WarmupOutcome } from './warmup.ts';
 
 export const GPUGATE_VERSION: string = (
   JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -85,6 +86,12 @@ export interface DataPlaneOptions {
   headersTimeoutMs?: number;
   /** Small JSON bodies (read by the gateway to find the model) must arrive within this; 408 after. Default 30 s. */
   bodyReadTimeoutMs?: number;
+  /**
+   * Before /readyz says ready, serve this many requests through a private plane in this process, within
+   * the budget (dataplane/warmup.ts), so the first real request runs optimized code. None (the default
+   * when embedded) or 0 requests: no warm-up; dataplane/main.ts warms up by default.
+   */
+  warmup?: WarmupOptions;
 }
 
 export interface DataPlane {
@@ -94,6 +101,8 @@ export interface DataPlane {
   readonly adminUrl: string;
   readonly instanceId: string;
   revision(): string | null;
+  /** The warm-up's outcome, once the warm-up is over and its private plane closed ({ state: 'off' } without one). */
+  readonly warmup: Promise<WarmupOutcome>;
   /** Stops accepting, waits for in-flight requests (up to drainMs, then cuts them), closes pools and ports. */
   close(opts?: { drainMs?: number }): Promise<void>;
 }
@@ -154,6 +163,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
       : null;
   let current: Runtime | null = null;
   let draining = false;
+  /** Null while the warm-up runs (then /readyz says not ready). */
+  let warmupState: WarmupOutcome | null = opts.warmup && opts.warmup.requests > 0 ? null : { state: 'off' };
 
   function applySnapshot(input: unknown): ApplyResult {
     // One parse: the store validates (endpoint URLs included) and says whether a refusal is a stale one.
@@ -324,6 +335,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
           snapshotAgeMs: () => store.ageMs(),
           draining: () => draining,
           metering: meteringProbe,
+          warmup: () => warmupState,
         }),
       applySnapshot,
       upstreams: () => {
@@ -361,9 +373,35 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
   const adminUrl = urlOf(admin);
   logger.info({ url, adminUrl, instanceId, version: GPUGATE_VERSION }, 'data plane listening');
 
+  // The warm-up runs beside whatever comes next (the first snapshot, the operator's push): it needs
+  // neither, and /readyz waits for both.
+  const warmupAbort = new AbortController();
+  const warmup = warmUp(opts.warmup ?? { requests: 0, budgetMs: 1 }, {
+    build: createDataPlane,
+    ...(opts.accessLog ? { accessLog: opts.accessLog } : {}),
+    logLevel: logger.level as Level | 'silent',
+    signal: warmupAbort.signal,
+    onOutcome(outcome) {
+      warmupState = outcome;
+      if (outcome.state === 'done')
+        logger.info({ requests: outcome.requests, durationMs: outcome.durationMs }, 'warm-up done');
+      else if (outcome.state === 'budget')
+        logger.warn(
+          { requests: outcome.requests, of: opts.warmup?.requests, durationMs: outcome.durationMs },
+          'warm-up stopped by its time budget; serving',
+        );
+      else if (outcome.state === 'failed')
+        logger.warn(
+          { requests: outcome.requests, durationMs: outcome.durationMs, error: outcome.error },
+          'warm-up failed; serving without it',
+        );
+    },
+  });
+
   let closing: Promise<void> | null = null;
   async function close(closeOpts: { drainMs?: number } = {}): Promise<void> {
     draining = true;
+    warmupAbort.abort();
     stopTlsWatch();
     const drainMs = closeOpts.drainMs ?? 30_000;
     const drained = proxy.close();
@@ -385,6 +423,8 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     current?.retire(() => undefined);
     await upstreams.closeAll();
     await tracing?.shutdown().catch(() => undefined);
+    // Aborted above: its private plane closes without a drain. Bounded all the same, as the drain is.
+    await Promise.race([warmup, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
     await admin.close();
   }
 
@@ -394,6 +434,7 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     adminUrl,
     instanceId,
     revision: () => current?.revision ?? null,
+    warmup,
     close: (o) => (closing ??= close(o)),
   };
 }

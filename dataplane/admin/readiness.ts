@@ -6,7 +6,10 @@
 //              fail-closed: such a tenant is refused by a replica whose buffer is full, so traffic should
 //              go to replicas that can still record; fail-open tenants are served unmetered by policy, and
 //              a Postgres outage must not take every replica out of the Service (docs/operability.md).
+//   warmup     the request-path warm-up is over (done, out of budget, failed, or off): a new replica
+//              takes traffic once its code is optimized, never later than the budget (dataplane/warmup.ts)
 import type { Snapshot } from '../config/snapshot.ts';
+import type { WarmupOutcome } from '../warmup.ts';
 
 export interface Check {
   ok: boolean;
@@ -19,7 +22,7 @@ export interface Readiness {
   status: 'ready' | 'not ready' | 'draining';
   ready: boolean;
   revision: string | null;
-  checks: { snapshot: Check; draining: Check; metering: Check };
+  checks: { snapshot: Check; draining: Check; metering: Check; warmup: Check };
 }
 
 /** The metering side: the writer's buffer and health, or null without a usage sink. */
@@ -35,6 +38,37 @@ export interface ReadinessDeps {
   snapshotAgeMs(): number | null;
   draining(): boolean;
   metering: MeteringProbe | null;
+  /** The warm-up's outcome, null while it runs; absent: no warm-up. */
+  warmup?(): WarmupOutcome | null;
+}
+
+function warmupCheck(outcome: WarmupOutcome | null): Check {
+  if (outcome === null)
+    return { ok: false, required: true, reason: 'warming up the request path (a private plane on loopback)' };
+  switch (outcome.state) {
+    case 'off':
+      return { ok: true, required: true, reason: 'no warm-up configured' };
+    case 'done':
+      return {
+        ok: true,
+        required: true,
+        reason: `warmed up: ${outcome.requests} requests in ${outcome.durationMs} ms`,
+      };
+    case 'budget':
+      return {
+        ok: true,
+        required: true,
+        reason: `warm-up stopped by its time budget after ${outcome.requests} requests (${outcome.durationMs} ms)`,
+      };
+    case 'aborted':
+      return {
+        ok: true,
+        required: true,
+        reason: `warm-up stopped after ${outcome.requests} requests: closing`,
+      };
+    case 'failed':
+      return { ok: true, required: true, reason: `warm-up failed, serving without it: ${outcome.error}` };
+  }
 }
 
 const seconds = (ms: number | null) => (ms === null ? '?' : `${Math.round(ms / 1000)} s`);
@@ -72,7 +106,12 @@ export function readiness(deps: ReadinessDeps): Readiness {
         : `buffer full (${m.depth()} buffered), fail-closed tenants are refused; ${writes}; required: ${why}`,
     };
   }
-  const checks = { snapshot, draining, metering };
+  const checks = {
+    snapshot,
+    draining,
+    metering,
+    warmup: warmupCheck(deps.warmup ? deps.warmup() : { state: 'off' }),
+  };
   const ready = Object.values(checks).every((c) => c.ok || !c.required);
   return {
     status: ready ? 'ready' : !draining.ok ? 'draining' : 'not ready',

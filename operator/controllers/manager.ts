@@ -41,7 +41,7 @@ import {
   type Secret,
 } from './types.ts';
 import { createUsageReader, type UsageReader } from './usage.ts';
-import { startRegistrationWatcher, type RegistrationWatcher } from './registration.ts';
+import { registeredEndpointsOf, startRegistrationWatcher, type RegistrationWatcher } from './registration.ts';
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -380,7 +380,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       const discoveredEndpoints: Record<string, DiscoveredEndpoint[]> = {};
       for (const b of gpuBackends) {
         const dep = b.spec?.deployment;
-        const registered = b.spec?.registration ? (registrations?.endpoints(objectId(b.metadata)) ?? []) : [];
+        const registered = registeredEndpointsOf(b, registrations);
         if (!dep && registered.length === 0) continue;
         discoveredEndpoints[objectId(b.metadata)] = [
           ...(dep

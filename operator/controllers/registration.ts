@@ -5,10 +5,12 @@
 // It re-reads on a NOTIFY from a data plane (a new or removed registration: at once), when the earliest
 // live registration expires (so an endpoint that stopped renewing leaves within its ttl plus the read),
 // and every intervalMs in any case (a missed notification, a lost LISTEN connection).
+// Standalone mode (`make run`) runs the same watcher and registeredEndpointsOf on its embedded Postgres.
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { REGISTRATION_CHANNEL } from '../../dataplane/registration/store.ts';
-import type { DiscoveredEndpoint } from '../snapshot/compile.ts';
+import type { GpuBackend } from '../api/v1alpha1/index.ts';
+import { objectId, type DiscoveredEndpoint } from '../snapshot/compile.ts';
 
 export interface RegisteredEndpoint extends DiscoveredEndpoint {
   source: 'registered';
@@ -33,6 +35,19 @@ export interface RegistrationWatcherOptions {
 }
 
 const UNDEFINED_TABLE = '42P01';
+
+/**
+ * The registered endpoints that go into a backend's snapshot entry: its live registrations while its spec
+ * accepts registrations, none otherwise (the rows of a backend whose spec.registration was removed stay in
+ * the table until the sweep, and are ignored).
+ */
+export function registeredEndpointsOf(
+  backend: GpuBackend,
+  registrations: RegistrationWatcher | null,
+): RegisteredEndpoint[] {
+  if (!backend.spec?.registration || !registrations) return [];
+  return registrations.endpoints(objectId(backend.metadata));
+}
 
 export function startRegistrationWatcher(opts: RegistrationWatcherOptions): RegistrationWatcher {
   const intervalMs = opts.intervalMs ?? 5_000;

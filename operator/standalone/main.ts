@@ -11,6 +11,13 @@
 // leases, the Postgres async-task store and the scheduled maintenance. Stopping follows
 // dataplane/main.ts: drain the data plane, settle and return the quota leases, flush the usage events,
 // close the pool, and only then stop the simulator and Postgres.
+//
+// Self-registration works as in a cluster: the data plane records POST /webhook/register in the
+// registered_endpoints table of the same database (the metering pool), and the operator's registration
+// watcher (LISTEN/NOTIFY, expiry timer, poll) feeds the live registrations of backends whose spec accepts
+// them into the snapshot, which is recompiled and pushed when they change. Compiles run one at a time, so
+// a file edit and a registration arriving together do not race an older snapshot against a newer one to
+// the data plane (it would refuse the older one as stale, a spurious failed reload).
 import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { mkdirSync } from 'node:fs';
@@ -21,8 +28,10 @@ import { createDataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../../test/fixtures/gpusim/index.ts';
 import { DEFAULT_RETENTION_DAYS } from '../../dataplane/metering/maintenance.ts';
 import { openMetering } from '../../dataplane/metering/runtime.ts';
+import { createPgRegistrationStore } from '../../dataplane/registration/store.ts';
+import { registeredEndpointsOf, startRegistrationWatcher } from '../controllers/registration.ts';
 import { pushSnapshot } from '../push/push.ts';
-import { compileSnapshot } from '../snapshot/compile.ts';
+import { compileSnapshot, objectId, type DiscoveredEndpoint } from '../snapshot/compile.ts';
 import { loadManifestDir } from '../snapshot/manifests.ts';
 import { startEmbeddedPostgres, type EmbeddedPostgresServer } from './postgres.ts';
 import { ensureKeySecrets } from './secrets.ts';
@@ -113,19 +122,45 @@ async function main(): Promise<void> {
       quota: metering.quota,
       taskStore: metering.tasks,
       usageDb: metering.pool,
+      registrationStore: createPgRegistrationStore(metering.pool),
       listen: { host, port: portFromEnv('GPUGATE_PORT', 8080) },
       admin: { host, port: portFromEnv('GPUGATE_ADMIN_PORT', 8081), token: pushToken },
     });
     stops.push(() => dataPlane.close());
+
+    // One compile at a time, in order; a reload asked for while one is already waiting joins it.
+    let compiles: Promise<unknown> = Promise.resolve();
+    const exclusive = <T>(compile: () => Promise<T>): Promise<T> => {
+      const next = compiles.then(compile);
+      compiles = next.catch(() => {});
+      return next;
+    };
+    let reloadWaiting = false;
+    const reload = (why: string): void => {
+      if (stopping || reloadWaiting) return;
+      reloadWaiting = true;
+      exclusive(async () => {
+        reloadWaiting = false;
+        if (!stopping) await compileAndPush();
+      }).catch((err: unknown) =>
+        log.error({ err: (err as Error).message, why }, 'reload failed; keeping the last good snapshot'),
+      );
+    };
 
     const secretsFile = join(runDir, 'secrets.yaml');
     const compileAndPush = async () => {
       const manifests = loadManifestDir(examplesDir);
       const { secrets, generated } = ensureKeySecrets(secretsFile, manifests);
       if (generated.length > 0) log.info({ secrets: generated }, 'generated API keys into .run/secrets.yaml');
+      const discoveredEndpoints: Record<string, DiscoveredEndpoint[]> = {};
+      for (const b of manifests.gpuBackends) {
+        const registered = registeredEndpointsOf(b, registrations);
+        if (registered.length > 0) discoveredEndpoints[objectId(b.metadata)] = registered;
+      }
       const { snapshot, problems } = compileSnapshot({
         ...manifests,
         secrets,
+        discoveredEndpoints,
         settings: { replicas: 1 },
         now: new Date(),
       });
@@ -136,6 +171,24 @@ async function main(): Promise<void> {
       log.info({ revision: snapshot.revision.slice(0, 12) }, 'snapshot pushed');
       return { snapshot, secrets, problemCount: problems.length };
     };
+
+    // Changes seen before the first compile starts are in what it reads (it reads the watcher before
+    // its first await), so only later ones ask for a reload.
+    let firstCompileStarted = false;
+    const registrations = startRegistrationWatcher({
+      databaseUrl,
+      logger: log,
+      onChange: () => {
+        if (firstCompileStarted) reload('registered endpoints changed');
+      },
+    });
+    stops.push(async () => {
+      await registrations.close();
+      await compiles;
+    });
+    // Registrations recorded before a restart (the embedded database is kept in the run folder) and
+    // still live are in the first snapshot.
+    await registrations.refresh();
 
     const printBanner = ({
       snapshot,
@@ -148,6 +201,7 @@ async function main(): Promise<void> {
       };
       const demo = snapshot.keys.find((k) => !k.disabled && keyOf(k.id));
       const key = demo ? keyOf(demo.id)! : '<no usable key in examples/>';
+      const accepting = snapshot.backends.filter((b) => b.registration).map((b) => b.id);
       const model = snapshot.backends.flatMap((b) => b.models).find((m) => m !== '*') ?? 'sim-llama-8b';
       const lines = [
         '',
@@ -157,6 +211,9 @@ async function main(): Promise<void> {
         simulator ? `  simulator  ${simulator.url}   (models ${simulator.models.join(', ')})` : '',
         `  key        ${demo ? `${demo.id} (tenant ${demo.tenant})` : ''}: ${key}`,
         `  manifests  ${examplesDir} (edit them: the snapshot is recompiled and pushed)`,
+        accepting.length > 0
+          ? `  register   POST ${dataPlane.url}/webhook/register   (self-registration open for ${accepting.join(', ')})`
+          : '',
         '',
         'Try:',
         `  curl -s ${dataPlane.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`,
@@ -172,16 +229,17 @@ async function main(): Promise<void> {
       );
     };
 
-    printBanner(await compileAndPush());
+    printBanner(
+      await exclusive(() => {
+        firstCompileStarted = true;
+        return compileAndPush();
+      }),
+    );
 
     let timer: NodeJS.Timeout | null = null;
     const watcher = watch(examplesDir, () => {
       if (timer) clearTimeout(timer);
-      timer = setTimeout(() => {
-        compileAndPush().catch((err: unknown) =>
-          log.error({ err: (err as Error).message }, 'reload failed; keeping the last good snapshot'),
-        );
-      }, 300);
+      timer = setTimeout(() => reload('manifests changed'), 300);
     });
     stops.push(async () => watcher.close());
   } catch (err) {

@@ -9,7 +9,7 @@
 // comes back within a gap (the gaps are tens of milliseconds; the latencies measured, about one).
 //
 //   node test/bench/proxy-overhead.ts [--seconds 8] [--rounds 3] [--connections 64] [--latency-seconds 10]
-//                                     [--backend nginx|node] [--node-flags='<flags>']
+//                                     [--backend nginx|node] [--node-flags='<flags>'] [--client wrk|autocannon]
 //
 // Needs wrk, nginx and haproxy on PATH (Debian: apt-get install wrk nginx-light haproxy); a missing
 // proxy is skipped and said so.
@@ -32,8 +32,16 @@ const { values } = parseArgs({
     backend: { type: 'string', default: 'nginx' },
     // The gateway's Node.js flags: the data plane's own (dataplane/node-flags.ts) unless given ('' for none).
     'node-flags': { type: 'string' },
+    // The load generator of the maximum-throughput rounds: wrk (C, about 5 µs of CPU per request here) or
+    // autocannon (Node.js, the client of Fastify's own benchmarks, several times wrk's CPU per request).
+    // How much of the two cores the client takes decides how far nginx gets ahead of the Node.js proxies,
+    // so both are offered (docs/benchmarks.md, "Which client"). The fixed-rate rounds always use wrk.
+    client: { type: 'string', default: 'wrk' },
   },
 });
+if (values.client !== 'wrk' && values.client !== 'autocannon') {
+  throw new Error(`--client must be wrk or autocannon, got ${JSON.stringify(values.client)}`);
+}
 if (values.backend !== 'nginx' && values.backend !== 'node') {
   throw new Error(`--backend must be nginx or node, got ${JSON.stringify(values.backend)}`);
 }
@@ -136,6 +144,50 @@ function writeScript(key: string, meanGapMs: number | null): string {
     `wrk.method = "POST"\nwrk.body = '${BODY}'\nwrk.headers["content-type"] = "application/json"\nwrk.headers["authorization"] = "Bearer ${key}"\n${pacing}`,
   );
   return lua;
+}
+
+const AUTOCANNON = resolve(import.meta.dirname, '..', '..', 'node_modules', 'autocannon', 'autocannon.js');
+
+/** One closed-loop round with autocannon (one process, no workers, keep-alive, pipelining 1). */
+function autocannon(port: number, seconds: number, key: string): WrkResult {
+  const run = spawnSync(
+    process.execPath,
+    [
+      AUTOCANNON,
+      '--json',
+      '-c',
+      String(CONNECTIONS),
+      '-d',
+      String(seconds),
+      '-m',
+      'POST',
+      '-H',
+      'content-type=application/json',
+      '-H',
+      `authorization=Bearer ${key}`,
+      '-b',
+      BODY,
+      `http://127.0.0.1:${port}/v1/chat/completions`,
+    ],
+    { encoding: 'utf8', maxBuffer: 16 << 20 },
+  );
+  const json = run.stdout.trim().split('\n').at(-1) ?? '';
+  if (!json.startsWith('{')) throw new Error(`autocannon printed no result: ${run.stderr.slice(-500)}`);
+  const r = JSON.parse(json) as {
+    duration: number;
+    errors: number;
+    timeouts: number;
+    non2xx: number;
+    requests: { total: number };
+    latency: { p50: number; p99: number };
+  };
+  return {
+    rps: r.requests.total / r.duration,
+    requests: r.requests.total,
+    errors: r.errors + r.timeouts + r.non2xx,
+    p50Ms: r.latency.p50,
+    p99Ms: r.latency.p99,
+  };
 }
 
 interface WrkResult {
@@ -281,13 +333,14 @@ backend be
   void backend;
 
   process.stdout.write(`warming up (${targets.length} targets)\n`);
-  for (const t of targets) wrk(t.port, 2, key);
+  const load = values.client === 'autocannon' ? autocannon : wrk;
+  for (const t of targets) load(t.port, 2, key);
 
   const results = new Map<string, { rps: number[]; cpuUs: number[]; errors: number }>();
   for (let round = 1; round <= ROUNDS; round++) {
     for (const t of targets) {
       const cpu0 = t.pid ? cpuSeconds(t.pid) : 0;
-      const r = wrk(t.port, SECONDS, key);
+      const r = load(t.port, SECONDS, key);
       const cpu1 = t.pid ? cpuSeconds(t.pid) : 0;
       const entry = results.get(t.name) ?? { rps: [], cpuUs: [], errors: 0 };
       entry.rps.push(r.rps);
@@ -303,18 +356,18 @@ backend be
   const nginxRps = rpsOf('nginx (1 worker)');
   const directRps = rpsOf('direct');
   const fastifyRps = rpsOf('ref: Fastify + undici.request');
+  const rawRps = rpsOf('ref: node:http + undici.stream');
+  const client = values.client === 'autocannon' ? `autocannon -c${CONNECTIONS}` : `wrk -t1 -c${CONNECTIONS}`;
+  process.stdout.write(`\nMaximum throughput (${client}, ${SECONDS} s x ${ROUNDS} rounds, median)\n\n`);
   process.stdout.write(
-    `\nMaximum throughput (wrk -t1 -c${CONNECTIONS}, ${SECONDS} s x ${ROUNDS} rounds, median)\n\n`,
-  );
-  process.stdout.write(
-    '| target | req/s | × direct | × nginx | × bare Fastify | proxy CPU µs/req | errors |\n|---|---|---|---|---|---|---|\n',
+    '| target | req/s | × direct | × nginx | × bare Fastify | × raw node | proxy CPU µs/req | errors |\n|---|---|---|---|---|---|---|---|\n',
   );
   for (const t of targets) {
     const r = results.get(t.name)!;
     const rps = median(r.rps);
     const cpu = r.cpuUs.length ? median(r.cpuUs).toFixed(0) : '–';
     process.stdout.write(
-      `| ${t.name} | ${rps.toFixed(0)} | ${(rps / directRps).toFixed(2)} | ${(rps / nginxRps).toFixed(2)} | ${(rps / fastifyRps).toFixed(2)} | ${cpu} | ${r.errors} |\n`,
+      `| ${t.name} | ${rps.toFixed(0)} | ${(rps / directRps).toFixed(2)} | ${(rps / nginxRps).toFixed(2)} | ${(rps / fastifyRps).toFixed(2)} | ${(rps / rawRps).toFixed(2)} | ${cpu} | ${r.errors} |\n`,
     );
   }
 
@@ -335,14 +388,16 @@ backend be
   const directP50 = med('direct', (r) => r.p50Ms);
   const directP99 = med('direct', (r) => r.p99Ms);
   process.stdout.write(
-    '| target | p50 ms | p99 ms | added p50 ms | added p99 ms | achieved req/s | errors |\n|---|---|---|---|---|---|---|\n',
+    '| target | p50 ms | p99 ms | added p50 ms | added p99 ms | p99 ms per round | achieved req/s | errors |\n|---|---|---|---|---|---|---|---|\n',
   );
   for (const t of targets) {
     const p50 = med(t.name, (r) => r.p50Ms);
     const p99 = med(t.name, (r) => r.p99Ms);
     const errors = (lat.get(t.name) ?? []).reduce((a, r) => a + r.errors, 0);
+    // Every round's p99, so a reader sees how far one round's tail moves on this host.
+    const perRound = (lat.get(t.name) ?? []).map((r) => r.p99Ms.toFixed(2)).join(', ');
     process.stdout.write(
-      `| ${t.name} | ${p50.toFixed(3)} | ${p99.toFixed(3)} | ${(p50 - directP50).toFixed(3)} | ${(p99 - directP99).toFixed(3)} | ${med(t.name, (r) => r.rps).toFixed(0)} | ${errors} |\n`,
+      `| ${t.name} | ${p50.toFixed(3)} | ${p99.toFixed(3)} | ${(p50 - directP50).toFixed(3)} | ${(p99 - directP99).toFixed(3)} | ${perRound} | ${med(t.name, (r) => r.rps).toFixed(0)} | ${errors} |\n`,
     );
   }
   process.stdout.write(`\nload average: ${readFileSync('/proc/loadavg', 'utf8').trim()}\n`);

@@ -139,6 +139,8 @@ describe('chart', () => {
     expect(env.GPUGATE_ACCESS_LOG_SAMPLE?.value).toBe('0.25');
     expect(env.GPUGATE_OTLP_ENDPOINT?.value).toBe('http://otel-collector.observability:4318/v1/traces');
     expect(env.GPUGATE_TRACE_SAMPLE?.value).toBe('0.1');
+    expect(env.GPUGATE_WARMUP_REQUESTS?.value).toBe('5000');
+    expect(env.GPUGATE_WARMUP_BUDGET_MS?.value).toBe('4000');
     expect(env.GPUGATE_OTLP_HEADERS).toMatchObject({
       valueFrom: { secretKeyRef: { name: 'otel-auth', key: 'headers' } },
     });
