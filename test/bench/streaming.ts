@@ -40,7 +40,6 @@
 // tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -48,8 +47,9 @@ import pg from 'pg';
 import { Pool } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
+import { freePort } from '../../operator/standalone/postgres.ts';
 import { startGateway } from './gateway-process.ts';
-import { startSseUpstream } from './load.ts';
+import { startSseUpstream, waitForPort } from './load.ts';
 import { startBenchPostgres } from './postgres.ts';
 
 const { values } = parseArgs({
@@ -109,30 +109,6 @@ function statFields(pid: number): string[] | null {
 
 /** User + system CPU of those fields in microseconds (100 ticks/s). */
 const cpuOf = (fields: string[]) => (Number(fields[11]) + Number(fields[12])) * 10_000;
-
-/** A free loopback port for nginx (which cannot report a port it picked itself). */
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((r) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.end();
-        r(true);
-      });
-      s.on('error', () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nginx does not listen on ${port}`);
-}
 
 /**
  * nginx as a streaming reverse proxy, configured as one would for SSE: one worker, responses not
