@@ -2,6 +2,7 @@
 // upstream in its own process (test/bench/sse-upstream.ts), and a closed-loop load generator (undici
 // Pool, n connections each sending its next request when the last answer has been read).
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
@@ -61,6 +62,19 @@ export async function startSseUpstream(
   });
   return { url, close };
 }
+
+/** The fields of /proc/<pid>/stat after the command name ([1]: the parent's pid); null once it is gone. */
+export function procStat(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** User + system CPU time in those fields, in microseconds (100 ticks/s). */
+export const cpuUsOf = (fields: string[]): number => (Number(fields[11]) + Number(fields[12])) * 10_000;
 
 /** Resolves once something accepts connections on 127.0.0.1:`port` (at most 10 s). */
 export async function waitForPort(port: number): Promise<void> {
