@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
+import { cpuUsOf, procStat } from './load.ts';
 
 export interface GatewayProcess {
   url: string;
@@ -80,9 +81,9 @@ export async function startGateway(
       return { rss: kb('VmRSS'), peak: kb('VmHWM') };
     },
     cpuUs() {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      return (Number(fields[11]) + Number(fields[12])) * 10_000;
+      const fields = procStat(pid);
+      if (!fields) throw new Error(`the gateway (pid ${pid}) is gone`);
+      return cpuUsOf(fields);
     },
     async stop() {
       const exited = new Promise((r) => child.once('exit', r));

@@ -2,8 +2,9 @@
 // upstream in its own process (test/bench/sse-upstream.ts), and a closed-loop load generator (undici
 // Pool, n connections each sending its next request when the last answer has been read).
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { Pool } from 'undici';
 
@@ -60,6 +61,35 @@ export async function startSseUpstream(
     child.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
   });
   return { url, close };
+}
+
+/** The fields of /proc/<pid>/stat after the command name ([1]: the parent's pid); null once it is gone. */
+export function procStat(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** User + system CPU time in those fields, in microseconds (100 ticks/s). */
+export const cpuUsOf = (fields: string[]): number => (Number(fields[11]) + Number(fields[12])) * 10_000;
+
+/** Resolves once something accepts connections on 127.0.0.1:`port` (at most 10 s). */
+export async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.end();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${port}`);
 }
 
 /** `connections` loops of POST `path` for `ms`; counts 200s and the rest. */

@@ -15,11 +15,11 @@
 // proxy is skipped and said so.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
+import { waitForPort } from './load.ts';
 
 const { values } = parseArgs({
   options: {
@@ -80,21 +80,6 @@ function start(name: string, cmd: string, args: string[]): ChildProcess {
   child.stdout?.resume();
   children.push(child);
   return child;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise<boolean>((r) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.end();
-        r(true);
-      });
-      s.on('error', () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nothing listens on ${port}`);
 }
 
 function cleanup(): void {

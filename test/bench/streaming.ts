@@ -39,8 +39,7 @@
 // --metered: gpugate meters into Postgres (DATABASE_URL or an embedded server) with a quota on the
 // tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect, type AddressInfo } from 'node:net';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -48,8 +47,9 @@ import pg from 'pg';
 import { Pool } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
+import { freePort } from '../../operator/standalone/postgres.ts';
 import { startGateway } from './gateway-process.ts';
-import { startSseUpstream } from './load.ts';
+import { cpuUsOf, procStat, startSseUpstream, waitForPort } from './load.ts';
 import { startBenchPostgres } from './postgres.ts';
 
 const { values } = parseArgs({
@@ -97,43 +97,6 @@ const nodeFlags =
     : values['node-flags'].split(' ').filter((f) => f !== '');
 const gw = await startGateway(upstreamUrl, postgres ? { metering: postgres.url, nodeFlags } : { nodeFlags });
 
-/** The fields of /proc/<pid>/stat after the command name (null: gone). */
-function statFields(pid: number): string[] | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return null;
-  }
-}
-
-/** User + system CPU of those fields in microseconds (100 ticks/s). */
-const cpuOf = (fields: string[]) => (Number(fields[11]) + Number(fields[12])) * 10_000;
-
-/** A free loopback port for nginx (which cannot report a port it picked itself). */
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((r) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.end();
-        r(true);
-      });
-      s.on('error', () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nginx does not listen on ${port}`);
-}
-
 /**
  * nginx as a streaming reverse proxy, configured as one would for SSE: one worker, responses not
  * buffered (each upstream read is written on at once), HTTP/1.1 keep-alive to the upstream.
@@ -177,11 +140,11 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
     pids ??= readdirSync('/proc')
       .filter((e) => /^\d+$/.test(e))
       .map(Number)
-      .filter((pid) => pid === master || Number(statFields(pid)?.[1]) === master);
+      .filter((pid) => pid === master || Number(procStat(pid)?.[1]) === master);
     let us = 0;
     for (const pid of pids) {
-      const fields = statFields(pid);
-      if (fields) us += cpuOf(fields);
+      const fields = procStat(pid);
+      if (fields) us += cpuUsOf(fields);
     }
     return us;
   };

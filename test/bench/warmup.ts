@@ -15,16 +15,16 @@
 // charged to whichever gateway comes first.
 //
 //   node test/bench/warmup.ts [--runs 3] [--requests 200] [--warmup-requests 2000] [--budget-ms 2000] [--trace]
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { canonicalJson } from '../../dataplane/config/revision.ts';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { startProcess } from '../fixtures/processes.ts';
 import { benchSnapshot } from './bench-snapshot.ts';
+import { startSseUpstream } from './load.ts';
 
 const { values } = parseArgs({
   options: {
@@ -43,22 +43,9 @@ const TRACE = values.trace;
 const FIRST = 30;
 
 const clock = () => performance.timeOrigin + performance.now();
-const root = resolve(import.meta.dirname, '..', '..');
 
-const upstream = spawn(process.execPath, ['test/bench/sse-upstream.ts', '20', '5'], {
-  cwd: root,
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-process.on('exit', () => upstream.kill('SIGTERM'));
-const upstreamUrl = await new Promise<string>((res, rej) => {
-  let out = '';
-  upstream.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-    const m = /listening (\d+)\n/.exec(out);
-    if (m) res(`http://127.0.0.1:${m[1]}`);
-  });
-  upstream.once('exit', (code) => rej(new Error(`sse-upstream exited with ${code}`)));
-});
+const upstream = await startSseUpstream(20, 5);
+const upstreamUrl = upstream.url;
 
 const dir = mkdtempSync(join(tmpdir(), 'gpugate-warmup-bench-'));
 const { snapshot, secret } = benchSnapshot(upstreamUrl);
@@ -203,4 +190,4 @@ if (TRACE) {
 }
 out(`warm-up duration (its log line), median ms: ${m('on', 'warmupMs').toFixed(0)}\n`);
 rmSync(dir, { recursive: true, force: true });
-upstream.kill('SIGTERM');
+upstream.close();

@@ -2,10 +2,6 @@
 // GpuBackends that accept registrations, a model server (a second simulator) that registers itself over
 // the public port, and the gateway routing to it only while it is registered and renewing. Real sockets,
 // real Postgres (the test server's database, as DATABASE_URL), the same webhook and watcher as a cluster.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,20 +9,10 @@ import { REGISTRATION_SECRET_HEADER } from '../../dataplane/registration/routes.
 import { freePort } from '../../operator/standalone/postgres.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
+import { standaloneEnv, startStandalone, waitFor, type StandaloneProcess } from '../fixtures/standalone.ts';
 
-const repo = join(import.meta.dirname, '..', '..');
 const db = useTestDatabase();
 const SECRET = 'the-shared-secret-of-the-laptop-fleet';
-
-/** Polls `check` every 100 ms, at most `ms` (bounded: a loaded machine is slow, not hung). */
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 // fleet: takes registrations (60 s ttl); short: ttl 3 s; orphan: its registration Secret is missing.
 const REGISTERED_BACKENDS = [
@@ -62,45 +48,19 @@ const REGISTERED_BACKENDS = [
 ].join('\n');
 
 describe('standalone mode (make run): model-server self-registration', () => {
-  let child: ChildProcess;
-  let out = '';
+  let sa: StandaloneProcess;
   let gateway = '';
   let key = '';
-  let exitCode: number | null = null;
   let fleetSim: Simulator;
   let pool: pg.Pool;
   let env: NodeJS.ProcessEnv = {};
 
   const start = async () => {
-    out = '';
-    exitCode = null;
-    child = spawn(process.execPath, [join(repo, 'operator/standalone/main.ts')], {
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('exit', (code) => (exitCode = code));
-    await waitFor('the banner', () => out.includes('Ctrl-C stops everything') || exitCode !== null);
-    expect(out).toContain('gpugate is running');
-    gateway = /gateway\s+(http:\/\/\S+)/.exec(out)![1]!;
-    key = /key\s+.*: (gpg_\w+)/.exec(out)![1]!;
-  };
-  const stop = async () => {
-    child.kill('SIGINT');
-    await waitFor('exit', () => exitCode !== null, 30_000);
+    sa = await startStandalone(env);
+    ({ gateway, key } = sa);
   };
 
   beforeAll(async () => {
-    const simPort = await freePort();
-    const examples = mkdtempSync(join(tmpdir(), 'gpugate-examples-'));
-    cpSync(join(repo, 'examples'), examples, { recursive: true });
-    const backend = join(examples, 'gpubackend-simulator.yaml');
-    writeFileSync(
-      backend,
-      readFileSync(backend, 'utf8').replaceAll('127.0.0.1:8001', `127.0.0.1:${simPort}`),
-    );
-    writeFileSync(join(examples, 'registered.yaml'), REGISTERED_BACKENDS);
     // The model server that registers itself; it is in no manifest.
     fleetSim = await startSimulator({
       host: '127.0.0.1',
@@ -110,21 +70,17 @@ describe('standalone mode (make run): model-server self-registration', () => {
       decodeMsPerToken: 0,
       outputTokens: 2,
     });
-    env = {
-      ...process.env,
-      GPUGATE_EXAMPLES: examples,
-      GPUGATE_RUN_DIR: mkdtempSync(join(tmpdir(), 'gpugate-run-')),
-      GPUGATE_PORT: '0',
-      GPUGATE_ADMIN_PORT: '0',
-      GPUGATE_SIMULATOR_PORT: String(simPort),
-      DATABASE_URL: db.url,
-    };
+    env = standaloneEnv({
+      simPort: await freePort(),
+      databaseUrl: db.url,
+      extra: { 'registered.yaml': REGISTERED_BACKENDS },
+    });
     await start();
     pool = suitePool(db, 2);
   });
 
   afterAll(async () => {
-    if (child && exitCode === null) await stop().catch(() => child.kill('SIGKILL'));
+    if (sa && sa.exitCode() === null) await sa.stop().catch(() => sa.kill());
     await pool?.end();
     await fleetSim?.close();
   });
@@ -162,11 +118,11 @@ describe('standalone mode (make run): model-server self-registration', () => {
     ).rows;
 
   it('prints where model servers register, for the backends whose spec accepts registrations', () => {
-    const line = /register\s+POST (\S+) +\(self-registration open for (.*)\)/.exec(out);
+    const line = /register\s+POST (\S+) +\(self-registration open for (.*)\)/.exec(sa.out());
     expect(line?.[1]).toBe(`${gateway}/webhook/register`);
     // orphan's Secret is missing: left out of the snapshot, with the same problem the operator reports.
     expect(line?.[2]).toBe('default/fleet, default/short');
-    expect(out).toMatch(/GpuBackend default\/orphan: registration: .*no-such-secret/);
+    expect(sa.out()).toMatch(/GpuBackend default\/orphan: registration: .*no-such-secret/);
   });
 
   it('refuses as in the cluster: no spec.registration, a missing Secret or a wrong secret is 401 and records nothing', async () => {
@@ -240,7 +196,7 @@ describe('standalone mode (make run): model-server self-registration', () => {
       return r.status === 503 && r.code === 'no_endpoints';
     });
     expect(await rows()).toEqual([]);
-    expect(out).toContain('registered endpoints changed');
+    expect(sa.out()).toContain('registered endpoints changed');
   });
 
   it('a live registration survives a restart: the first snapshot after it already routes to the server', async () => {
@@ -248,14 +204,14 @@ describe('standalone mode (make run): model-server self-registration', () => {
       201,
     );
     await waitFor('the registration to be routed', async () => (await complete('sim-fleet')).status === 200);
-    const pushed = [...out.matchAll(/"revision":"(\w+)","msg":"snapshot pushed"/g)].map((m) => m[1]);
+    const pushed = [...sa.out().matchAll(/"revision":"(\w+)","msg":"snapshot pushed"/g)].map((m) => m[1]);
     const withRegistration = pushed.at(-1);
-    await stop();
-    expect(exitCode).toBe(0);
+    await sa.stop();
+    expect(sa.exitCode()).toBe(0);
     await start();
     // The registration was read before the first compile: the banner's snapshot is the one with it (the
     // revision is a content hash), not one without it that a reload replaces a moment later.
-    expect(/standalone, snapshot (\w+)/.exec(out)?.[1]).toBe(withRegistration);
+    expect(/standalone, snapshot (\w+)/.exec(sa.out())?.[1]).toBe(withRegistration);
     expect(await complete('sim-fleet')).toMatchObject({ status: 200, sim: 'gpusim-fleet' });
   });
 });

@@ -1,9 +1,7 @@
 // `make run` as a user meets it: the standalone process started from examples/, its printed key and
 // curl working, streaming arriving in chunks, a wrong key refused, a manifest edit reloaded, usage
 // stored in Postgres, a tenant's credit quota enforced, and Ctrl-C stopping everything.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { request } from 'undici';
@@ -11,88 +9,53 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateApiKey } from '../../dataplane/auth/keys.ts';
 import { freePort } from '../../operator/standalone/postgres.ts';
 import { useTestDatabase } from '../fixtures/postgres.ts';
+import { standaloneEnv, startStandalone, waitFor, type StandaloneProcess } from '../fixtures/standalone.ts';
 
-const repo = join(import.meta.dirname, '..', '..');
 const db = useTestDatabase();
 
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 describe('standalone mode (make run)', () => {
-  let child: ChildProcess;
-  let out = '';
+  let sa: StandaloneProcess;
   let examples = '';
   let gateway = '';
   let key = '';
-  let exitCode: number | null = null;
   // A tenant with 2 credits a day, and its key from a Secret in the manifests folder.
   const quotaKey = generateApiKey();
 
   beforeAll(async () => {
-    const simPort = await freePort();
-    examples = mkdtempSync(join(tmpdir(), 'gpugate-examples-'));
-    cpSync(join(repo, 'examples'), examples, { recursive: true });
-    const backend = join(examples, 'gpubackend-simulator.yaml');
-    writeFileSync(
-      backend,
-      readFileSync(backend, 'utf8').replaceAll('127.0.0.1:8001', `127.0.0.1:${simPort}`),
-    );
-    writeFileSync(
-      join(examples, 'quota-demo.yaml'),
-      [
-        'apiVersion: gpugate.io/v1alpha1',
-        'kind: Tenant',
-        'metadata: { name: quota-demo, namespace: default }',
-        'spec:',
-        '  quota: { credits: 2, period: Daily }',
-        '---',
-        'apiVersion: v1',
-        'kind: Secret',
-        'metadata: { name: quota-demo-key, namespace: default }',
-        `stringData: { key: ${quotaKey} }`,
-        '---',
-        'apiVersion: gpugate.io/v1alpha1',
-        'kind: ApiKey',
-        'metadata: { name: quota-demo, namespace: default }',
-        'spec:',
-        '  tenant: quota-demo',
-        '  secretRef: { name: quota-demo-key, key: key }',
-        '',
-      ].join('\n'),
-    );
-    child = spawn(process.execPath, [join(repo, 'operator/standalone/main.ts')], {
-      env: {
-        ...process.env,
-        GPUGATE_EXAMPLES: examples,
-        GPUGATE_RUN_DIR: mkdtempSync(join(tmpdir(), 'gpugate-run-')),
-        GPUGATE_PORT: '0',
-        GPUGATE_ADMIN_PORT: '0',
-        GPUGATE_SIMULATOR_PORT: String(simPort),
-        DATABASE_URL: db.url,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const quotaDemo = [
+      'apiVersion: gpugate.io/v1alpha1',
+      'kind: Tenant',
+      'metadata: { name: quota-demo, namespace: default }',
+      'spec:',
+      '  quota: { credits: 2, period: Daily }',
+      '---',
+      'apiVersion: v1',
+      'kind: Secret',
+      'metadata: { name: quota-demo-key, namespace: default }',
+      `stringData: { key: ${quotaKey} }`,
+      '---',
+      'apiVersion: gpugate.io/v1alpha1',
+      'kind: ApiKey',
+      'metadata: { name: quota-demo, namespace: default }',
+      'spec:',
+      '  tenant: quota-demo',
+      '  secretRef: { name: quota-demo-key, key: key }',
+      '',
+    ].join('\n');
+    const env = standaloneEnv({
+      simPort: await freePort(),
+      databaseUrl: db.url,
+      extra: { 'quota-demo.yaml': quotaDemo },
     });
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('exit', (code) => (exitCode = code));
-    await waitFor('the banner', () => out.includes('Ctrl-C stops everything') || exitCode !== null);
-    expect(out).toContain('gpugate is running');
-    gateway = /gateway\s+(http:\/\/\S+)/.exec(out)![1]!;
-    key = /key\s+.*: (gpg_\w+)/.exec(out)![1]!;
+    examples = env.GPUGATE_EXAMPLES;
+    sa = await startStandalone(env);
+    ({ gateway, key } = sa);
   });
 
-  afterAll(() => {
-    if (exitCode === null) child.kill('SIGKILL');
-  });
+  afterAll(() => sa?.kill());
 
   it('prints a URL, a key and a curl line that returns a simulator completion', async () => {
-    const curl = /(curl -s .*\\\n.*)/.exec(out)![1]!;
+    const curl = /(curl -s .*\\\n.*)/.exec(sa.out())![1]!;
     const body = /-d '(.*)'/.exec(curl)![1]!;
     const res = await request(`${gateway}/v1/chat/completions`, {
       method: 'POST',
@@ -200,11 +163,10 @@ describe('standalone mode (make run)', () => {
   });
 
   it('stops cleanly on Ctrl-C (SIGINT)', async () => {
-    child.kill('SIGINT');
-    await waitFor('exit', () => exitCode !== null, 30_000);
-    expect(exitCode).toBe(0);
+    await sa.stop();
+    expect(sa.exitCode()).toBe(0);
     // Stopped in order: leases settled and returned and usage flushed while Postgres was still up.
-    expect(out).toContain('usage flushed');
+    expect(sa.out()).toContain('usage flushed');
     const pool = new pg.Pool({ connectionString: db.url });
     try {
       const leases = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM quota_leases');

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Readiness } from '../../dataplane/admin/readiness.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { warmUp, warmupOptions, WarmupConfigError } from '../../dataplane/warmup.ts';
-import { startDataPlaneProcess } from '../fixtures/processes.ts';
+import { startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, chat, cleanupList, MemorySink, snapshotFor, type Upstream } from './harness.ts';
 
 const cleanups = cleanupList();
@@ -184,11 +184,18 @@ describe('warm-up settings', () => {
   });
 
   it('dataplane/main.ts warms up before /readyz says ready, and exits 2 on a bad setting', async () => {
-    const bad = await startDataPlaneProcess({ args: ['--warmup-budget-ms', '2s'] }).catch((e: Error) => e);
-    expect(bad).toBeInstanceOf(Error);
-    expect((bad as Error).message).toContain(
-      '--warmup-budget-ms must be an integer from 1 to 60000, got \\"2s\\"',
+    // Refused before listening, so startDataPlaneProcess (which waits for 'listening') cannot see the code.
+    const bad = startProcess(
+      'dataplane/main.ts',
+      ['--port', '0', '--admin-port', '0', '--warmup-budget-ms', '2s'],
+      {},
     );
+    try {
+      expect(await bad.exited).toBe(2);
+      expect(bad.log()).toContain('--warmup-budget-ms must be an integer from 1 to 60000, got \\"2s\\"');
+    } finally {
+      await bad.kill('SIGKILL');
+    }
 
     const p = await startDataPlaneProcess({
       token: 'push-token',
