@@ -522,6 +522,7 @@ export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<War
       ...(deps.accessLog ? { accessLog: deps.accessLog } : {}),
       tracing: null,
     });
+    if (stopped) return 'done';
     const key = generateApiKey();
     const applied = plane.applySnapshot(warmupSnapshot(urls, key));
     if (!applied.accepted)
