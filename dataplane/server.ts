@@ -424,7 +424,9 @@ export async function createDataPlane(opts: DataPlaneOptions): Promise<DataPlane
     await upstreams.closeAll();
     await tracing?.shutdown().catch(() => undefined);
     // Aborted above: its private plane closes without a drain. Bounded all the same, as the drain is.
-    await Promise.race([warmup, new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+    let warmupTimer: NodeJS.Timeout | undefined;
+    await Promise.race([warmup, new Promise((resolve) => (warmupTimer = setTimeout(resolve, 5_000)))]);
+    clearTimeout(warmupTimer);
     await admin.close();
   }
 

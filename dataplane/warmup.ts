@@ -28,6 +28,7 @@ import { generateApiKey, hashApiKey, keyPrefix } from './auth/keys.ts';
 import { canonicalJson, contentRevision } from './config/revision.ts';
 import type { Backend } from './config/snapshot.ts';
 import type { AccessLogOptions } from './observability/access-log.ts';
+import { envName, flagOrEnv } from './observability/options.ts';
 import type { DataPlane, DataPlaneOptions } from './server.ts';
 
 export interface WarmupOptions {
@@ -63,22 +64,19 @@ export const WARMUP_FLAGS = {
   'warmup-budget-ms': { type: 'string' },
 } as const;
 
+type WarmupValues = { [F in keyof typeof WARMUP_FLAGS]?: string };
+
 function setting(
-  flag: string,
-  envName: string,
-  value: string | undefined,
-  env: string | undefined,
+  flag: keyof typeof WARMUP_FLAGS,
+  values: WarmupValues,
+  env: NodeJS.ProcessEnv,
   min: number,
   max: number,
   fallback: number,
 ): number {
-  const [name, raw] =
-    value !== undefined
-      ? [`--${flag}`, value]
-      : env !== undefined && env !== ''
-        ? [envName, env]
-        : [null, null];
-  if (name === null) return fallback;
+  const got = flagOrEnv(flag, values[flag], env[envName(flag)]);
+  if (got === null) return fallback;
+  const [name, raw] = got;
   const n = raw.trim() === '' ? NaN : Number(raw);
   if (!Number.isInteger(n) || n < min || n > max)
     throw new WarmupConfigError(
@@ -89,29 +87,13 @@ function setting(
 
 /** The warm-up's process settings (dataplane/main.ts): flags override environment variables. */
 export function warmupOptions(
-  values: { 'warmup-requests'?: string; 'warmup-budget-ms'?: string },
+  values: WarmupValues,
   env: NodeJS.ProcessEnv,
   defaults: WarmupOptions = DEFAULT_WARMUP,
 ): WarmupOptions {
   return {
-    requests: setting(
-      'warmup-requests',
-      'GPUGATE_WARMUP_REQUESTS',
-      values['warmup-requests'],
-      env.GPUGATE_WARMUP_REQUESTS,
-      0,
-      MAX_WARMUP_REQUESTS,
-      defaults.requests,
-    ),
-    budgetMs: setting(
-      'warmup-budget-ms',
-      'GPUGATE_WARMUP_BUDGET_MS',
-      values['warmup-budget-ms'],
-      env.GPUGATE_WARMUP_BUDGET_MS,
-      1,
-      MAX_WARMUP_BUDGET_MS,
-      defaults.budgetMs,
-    ),
+    requests: setting('warmup-requests', values, env, 0, MAX_WARMUP_REQUESTS, defaults.requests),
+    budgetMs: setting('warmup-budget-ms', values, env, 1, MAX_WARMUP_BUDGET_MS, defaults.budgetMs),
   };
 }
 
@@ -540,6 +522,7 @@ export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<War
       ...(deps.accessLog ? { accessLog: deps.accessLog } : {}),
       tracing: null,
     });
+    if (stopped) return 'done';
     const key = generateApiKey();
     const applied = plane.applySnapshot(warmupSnapshot(urls, key));
     if (!applied.accepted)
@@ -557,11 +540,10 @@ export async function warmUp(opts: WarmupOptions, deps: WarmupDeps): Promise<War
   const working = work();
   let outcome: WarmupOutcome;
   try {
-    const how = await Promise.race([working, outOfTime, aborted]);
-    outcome =
-      how === 'done' && served === opts.requests
-        ? { state: 'done', requests: served, durationMs: elapsed() }
-        : { state: how === 'aborted' ? 'aborted' : 'budget', requests: served, durationMs: elapsed() };
+    // work() ends 'done' first only when every request was taken and answered (it returns early
+    // only once stopped, which is after this race).
+    const state = await Promise.race([working, outOfTime, aborted]);
+    outcome = { state, requests: served, durationMs: elapsed() };
   } catch (err) {
     outcome = {
       state: 'failed',

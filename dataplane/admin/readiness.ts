@@ -38,8 +38,8 @@ export interface ReadinessDeps {
   snapshotAgeMs(): number | null;
   draining(): boolean;
   metering: MeteringProbe | null;
-  /** The warm-up's outcome, null while it runs; absent: no warm-up. */
-  warmup?(): WarmupOutcome | null;
+  /** The warm-up's outcome, null while it runs ({ state: 'off' } without one). */
+  warmup(): WarmupOutcome | null;
 }
 
 function warmupCheck(outcome: WarmupOutcome | null): Check {
@@ -110,7 +110,7 @@ export function readiness(deps: ReadinessDeps): Readiness {
     snapshot,
     draining,
     metering,
-    warmup: warmupCheck(deps.warmup ? deps.warmup() : { state: 'off' }),
+    warmup: warmupCheck(deps.warmup()),
   };
   const ready = Object.values(checks).every((c) => c.ok || !c.required);
   return {

@@ -31,17 +31,22 @@ export const OBSERVABILITY_FLAGS = {
   'trace-sample': { type: 'string' },
 } as const;
 
-function pick(flag: string, value: string | undefined, env: string | undefined): [string, string] | null {
+/** A process setting's source and raw value: the flag if given, else a non-empty environment variable. */
+export function flagOrEnv(
+  flag: string,
+  value: string | undefined,
+  env: string | undefined,
+): [source: string, raw: string] | null {
   if (value !== undefined) return [`--${flag}`, value];
   if (env !== undefined && env !== '') return [envName(flag), env];
   return null;
 }
 
-const envName = (flag: string) =>
+export const envName = (flag: string) =>
   flag === 'otlp-endpoint' ? 'GPUGATE_OTLP_ENDPOINT' : `GPUGATE_${flag.toUpperCase().replaceAll('-', '_')}`;
 
 function ratio(flag: string, values: ObservabilityValues, env: NodeJS.ProcessEnv): number | undefined {
-  const got = pick(flag, values[flag as keyof ObservabilityValues], env[envName(flag)]);
+  const got = flagOrEnv(flag, values[flag as keyof ObservabilityValues], env[envName(flag)]);
   if (!got) return undefined;
   const n = got[1].trim() === '' ? NaN : Number(got[1]);
   if (!Number.isFinite(n) || n < 0 || n > 1)
@@ -56,13 +61,13 @@ export function observabilityOptions(
   env: NodeJS.ProcessEnv,
 ): { accessLog: Partial<AccessLogOptions>; tracing: TracingOptions | null } {
   const accessLog: Partial<AccessLogOptions> = {};
-  const onOff = pick('access-log', values['access-log'], env.GPUGATE_ACCESS_LOG);
+  const onOff = flagOrEnv('access-log', values['access-log'], env.GPUGATE_ACCESS_LOG);
   if (onOff) {
     if (onOff[1] !== 'on' && onOff[1] !== 'off')
       throw new ObservabilityConfigError(`${onOff[0]} must be on or off, got ${JSON.stringify(onOff[1])}`);
     accessLog.enabled = onOff[1] === 'on';
   }
-  const level = pick('access-log-level', values['access-log-level'], env.GPUGATE_ACCESS_LOG_LEVEL);
+  const level = flagOrEnv('access-log-level', values['access-log-level'], env.GPUGATE_ACCESS_LOG_LEVEL);
   if (level) {
     if (!LEVELS.includes(level[1] as Level))
       throw new ObservabilityConfigError(
@@ -73,7 +78,7 @@ export function observabilityOptions(
   const sample = ratio('access-log-sample', values, env);
   if (sample !== undefined) accessLog.sampleRate = sample;
 
-  const endpoint = pick('otlp-endpoint', values['otlp-endpoint'], env.GPUGATE_OTLP_ENDPOINT);
+  const endpoint = flagOrEnv('otlp-endpoint', values['otlp-endpoint'], env.GPUGATE_OTLP_ENDPOINT);
   const traceSample = ratio('trace-sample', values, env);
   if (!endpoint) {
     if (traceSample !== undefined)

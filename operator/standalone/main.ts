@@ -241,7 +241,10 @@ async function main(): Promise<void> {
       if (timer) clearTimeout(timer);
       timer = setTimeout(() => reload('manifests changed'), 300);
     });
-    stops.push(async () => watcher.close());
+    stops.push(async () => {
+      watcher.close();
+      if (timer) clearTimeout(timer);
+    });
   } catch (err) {
     log.error({ err: (err as Error).message }, 'standalone mode failed to start');
     await stopAll(1);
