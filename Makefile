@@ -120,7 +120,7 @@ bench-tools: ## Install wrk, nginx and haproxy (Debian packages) when missing
 	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx-light haproxy; }
 
-bench-proxy: $(DEPS_STAMP) bench-tools ## Proxy overhead: gpugate (all features) vs direct, nginx, haproxy, reference proxies
+bench-proxy: $(DEPS_STAMP) bench-tools ## Proxy overhead: gpugate (all features) vs direct, nginx, haproxy, reference proxies (ARGS=--client=autocannon: the client of issue #4's reference figures)
 	node test/bench/proxy-overhead.ts $(ARGS)
 
 bench-streaming: $(DEPS_STAMP) ## SSE: added time to first token and per-chunk latency, gpugate vs direct
