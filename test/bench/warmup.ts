@@ -21,8 +21,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
 import { canonicalJson } from '../../dataplane/config/revision.ts';
-import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
-import { startProcess } from '../fixtures/processes.ts';
+import { startDataPlaneProcess } from '../fixtures/processes.ts';
 import { benchSnapshot } from './bench-snapshot.ts';
 import { startSseUpstream } from './load.ts';
 
@@ -93,28 +92,15 @@ interface RunResult {
 }
 
 async function once(warmupRequests: string): Promise<RunResult> {
-  const flags = [...DATAPLANE_NODE_FLAGS, ...(TRACE ? ['--trace-opt', '--trace-deopt'] : [])];
   const started = performance.now();
-  const p = startProcess(
-    'dataplane/main.ts',
-    [
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--admin-host',
-      '127.0.0.1',
-      '--admin-port',
-      '0',
-      '--snapshot',
-      snapshotFile,
-    ],
-    { GPUGATE_WARMUP_REQUESTS: warmupRequests, GPUGATE_WARMUP_BUDGET_MS: BUDGET, LOG_LEVEL: 'info' },
-    flags,
-  );
+  const p = await startDataPlaneProcess({
+    args: ['--snapshot', snapshotFile],
+    env: { GPUGATE_WARMUP_REQUESTS: warmupRequests, GPUGATE_WARMUP_BUDGET_MS: BUDGET, LOG_LEVEL: 'info' },
+    nodeFlags: TRACE ? ['--trace-opt', '--trace-deopt'] : [],
+    timeoutMs: 60_000,
+  });
   try {
-    const listening = await p.waitFor('data plane listening', 60_000);
-    const adminUrl = listening.adminUrl as string;
+    const adminUrl = p.adminUrl;
     let readyMs = NaN;
     for (let i = 0; i < 12_000; i++) {
       const res = await fetch(`${adminUrl}/readyz`).catch(() => null);
@@ -130,7 +116,7 @@ async function once(warmupRequests: string): Promise<RunResult> {
     // Compile jobs started before ready finish in the background; let them, then mark the trace.
     await new Promise((r) => setTimeout(r, 300));
     const mark = p.log().length;
-    const pool = new Pool(listening.url as string, { connections: 1 });
+    const pool = new Pool(p.url, { connections: 1 });
     const shares: number[] = [];
     for (let i = 0; i < REQUESTS; i++) shares.push(await stream(pool));
     await pool.close();
