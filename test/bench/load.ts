@@ -2,7 +2,7 @@
 // upstream in its own process (test/bench/sse-upstream.ts), and a closed-loop load generator (undici
 // Pool, n connections each sending its next request when the last answer has been read).
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
@@ -75,6 +75,27 @@ export function procStat(pid: number): string[] | null {
 
 /** User + system CPU time in those fields, in microseconds (100 ticks/s). */
 export const cpuUsOf = (fields: string[]): number => (Number(fields[11]) + Number(fields[12])) * 10_000;
+
+/**
+ * A reader of the user + system CPU time (µs) of a process and its direct children (nginx's master
+ * and worker). The children are found at the first reading, so take it after the process has forked
+ * them (after a warm-up); later readings only read their /proc/<pid>/stat.
+ */
+export function processTreeCpu(pid: number): () => number {
+  let pids: number[] | null = null;
+  return () => {
+    pids ??= readdirSync('/proc')
+      .filter((e) => /^\d+$/.test(e))
+      .map(Number)
+      .filter((p) => p === pid || Number(procStat(p)?.[1]) === pid);
+    let us = 0;
+    for (const p of pids) {
+      const fields = procStat(p);
+      if (fields) us += cpuUsOf(fields);
+    }
+    return us;
+  };
+}
 
 /** Resolves once something accepts connections on 127.0.0.1:`port` (at most 10 s). */
 export async function waitForPort(port: number): Promise<void> {

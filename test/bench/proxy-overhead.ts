@@ -14,12 +14,12 @@
 // Needs wrk, nginx and haproxy on PATH (Debian: apt-get install wrk nginx-light haproxy); a missing
 // proxy is skipped and said so.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
-import { waitForPort } from './load.ts';
+import { processTreeCpu, waitForPort } from './load.ts';
 
 const { values } = parseArgs({
   options: {
@@ -89,35 +89,12 @@ function cleanup(): void {
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
-/** CPU seconds used so far by a process and its children (nginx workers). */
-function cpuSeconds(pid: number): number {
-  const ticks = (p: number): number => {
-    try {
-      const f = readFileSync(`/proc/${p}/stat`, 'utf8');
-      const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
-      return Number(fields[11]) + Number(fields[12]);
-    } catch {
-      return 0;
-    }
-  };
-  let total = ticks(pid);
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const f = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(f.slice(f.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) total += ticks(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return total / 100;
-}
-
 interface Target {
   name: string;
   port: number;
   pid: number | null;
+  /** CPU µs used so far by the proxy's process and its children (nginx's worker). */
+  cpu?: () => number;
 }
 
 function writeScript(key: string, meanGapMs: number | null): string {
@@ -324,12 +301,13 @@ backend be
   const results = new Map<string, { rps: number[]; cpuUs: number[]; errors: number }>();
   for (let round = 1; round <= ROUNDS; round++) {
     for (const t of targets) {
-      const cpu0 = t.pid ? cpuSeconds(t.pid) : 0;
+      if (t.pid) t.cpu ??= processTreeCpu(t.pid);
+      const cpu0 = t.cpu?.() ?? 0;
       const r = load(t.port, SECONDS, key);
-      const cpu1 = t.pid ? cpuSeconds(t.pid) : 0;
+      const cpu1 = t.cpu?.() ?? 0;
       const entry = results.get(t.name) ?? { rps: [], cpuUs: [], errors: 0 };
       entry.rps.push(r.rps);
-      if (t.pid) entry.cpuUs.push(((cpu1 - cpu0) * 1e6) / r.requests);
+      if (t.pid) entry.cpuUs.push((cpu1 - cpu0) / r.requests);
       entry.errors += r.errors;
       results.set(t.name, entry);
       process.stdout.write(

@@ -39,7 +39,7 @@
 // --metered: gpugate meters into Postgres (DATABASE_URL or an embedded server) with a quota on the
 // tenant, so admission takes a quota lease (test/bench/gpugate-runner.ts); else a counting sink.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -49,7 +49,7 @@ import { migrate } from '../../dataplane/metering/migrate.ts';
 import { DATAPLANE_NODE_FLAGS } from '../../dataplane/node-flags.ts';
 import { freePort } from '../../operator/standalone/postgres.ts';
 import { startGateway } from './gateway-process.ts';
-import { cpuUsOf, procStat, startSseUpstream, waitForPort } from './load.ts';
+import { processTreeCpu, startSseUpstream, waitForPort } from './load.ts';
 import { startBenchPostgres } from './postgres.ts';
 
 const { values } = parseArgs({
@@ -132,22 +132,9 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
   };
   process.on('exit', stop);
   await waitForPort(port);
-  const master = child.pid as number;
-  // The master and its worker (the one that serves), found once at the first reading (after the
-  // warm-up, so the worker has long been forked).
-  let pids: number[] | null = null;
-  const cpuUs = () => {
-    pids ??= readdirSync('/proc')
-      .filter((e) => /^\d+$/.test(e))
-      .map(Number)
-      .filter((pid) => pid === master || Number(procStat(pid)?.[1]) === master);
-    let us = 0;
-    for (const pid of pids) {
-      const fields = procStat(pid);
-      if (fields) us += cpuUsOf(fields);
-    }
-    return us;
-  };
+  // The master and its worker (the one that serves), found at the first reading (after the warm-up,
+  // so the worker has long been forked).
+  const cpuUs = processTreeCpu(child.pid as number);
   return { url: `http://127.0.0.1:${port}`, cpuUs, stop };
 }
 const nginx = await startNginx(upstreamUrl);
