@@ -16,7 +16,7 @@ import type { Dispatcher } from 'undici';
 import type { Route } from '../config/snapshot.ts';
 import type { Admitted } from '../admission/admission.ts';
 import { backendAllowed, modelAllowed, type Principal } from '../auth/identify.ts';
-import { errorBody, gatewayError, type GatewayError } from '../errors.ts';
+import { errorBody, gatewayError, gatewayHeaders, type GatewayError } from '../errors.ts';
 import { codeClass, type DataPlaneMetrics } from '../metrics/metrics.ts';
 import { PUBLIC_TENANT, type UsageSink } from '../metering/usage.ts';
 import { servesOnlyAllowedModels, type CompiledBackend, type Runtime } from '../routing/runtime.ts';
@@ -619,9 +619,7 @@ export class Proxy {
     const headers: Record<string, string | number> = {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
-      'x-request-id': ex.requestId,
-      via: '1.1 gpugate',
-      'x-gpugate-version': this.deps.version,
+      ...gatewayHeaders(ex.requestId, this.deps.version),
       ...err.headers,
     };
     if (close) headers.connection = 'close';
@@ -956,9 +954,7 @@ export class Proxy {
     ex.res.writeHead(200, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
-      'x-request-id': ex.requestId,
-      via: '1.1 gpugate',
-      'x-gpugate-version': this.deps.version,
+      ...gatewayHeaders(ex.requestId, this.deps.version),
     });
     ex.res.end(ex.method === 'HEAD' ? undefined : body);
   }
