@@ -189,18 +189,19 @@ async function sync(
     const p = problems[0]!;
     conditions.push(problemCondition('ResolvedRefs', p));
     conditions.push(problemCondition('Ready', p));
-  } else if (tlsProblem && ready === 0) {
-    conditions.push({ type: 'ResolvedRefs', status: 'False', ...tlsProblem });
-    conditions.push({ type: 'Ready', status: 'False', ...tlsProblem });
   } else if (tlsProblem) {
-    // Pods started before the Secret went away keep serving; new ones cannot start.
     conditions.push({ type: 'ResolvedRefs', status: 'False', ...tlsProblem });
-    conditions.push({
-      type: 'Ready',
-      status: 'True',
-      reason: 'EndpointsReady',
-      message: `${ready} of ${total} endpoints ready; new pods cannot start: ${tlsProblem.message}`,
-    });
+    // Pods started before the Secret went away keep serving; new ones cannot start.
+    conditions.push(
+      ready === 0
+        ? { type: 'Ready', status: 'False', ...tlsProblem }
+        : {
+            type: 'Ready',
+            status: 'True',
+            reason: 'EndpointsReady',
+            message: `${ready} of ${total} endpoints ready; new pods cannot start: ${tlsProblem.message}`,
+          },
+    );
   } else {
     conditions.push({
       type: 'ResolvedRefs',

@@ -44,6 +44,18 @@ describe('sidecar data plane with TLS', () => {
   let dir: string;
   let ca: TestCa;
   let pair: { cert: string; key: string };
+  /** A kubernetes.io/tls Secret holding `pair` (the openssl-made server certificate and its key). */
+  const createTlsSecret = (name: string) =>
+    kubectl([
+      'create',
+      'secret',
+      'tls',
+      name,
+      '-n',
+      ns,
+      `--cert=${join(dir, 'sidecar-server.crt')}`,
+      `--key=${join(dir, 'sidecar-server.key')}`,
+    ]);
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'gpugate-sidecar-tls-'));
@@ -51,16 +63,7 @@ describe('sidecar data plane with TLS', () => {
     pair = await makeServerCert(ca, 'sidecar-server');
     let kubeconfig: string;
     ({ ns, kubeconfig } = await operatorNamespace('sidecar-tls', TOKEN));
-    await kubectl([
-      'create',
-      'secret',
-      'tls',
-      'gpu-tls',
-      '-n',
-      ns,
-      `--cert=${join(dir, 'sidecar-server.crt')}`,
-      `--key=${join(dir, 'sidecar-server.key')}`,
-    ]);
+    await createTlsSecret('gpu-tls');
     operator = await startOperatorProcess({
       ns,
       kubeconfig,
@@ -198,16 +201,7 @@ spec:
     }
 
     await kubectl(['delete', 'secret', 'later-tls', '-n', ns]);
-    await kubectl([
-      'create',
-      'secret',
-      'tls',
-      'later-tls',
-      '-n',
-      ns,
-      `--cert=${join(dir, 'sidecar-server.crt')}`,
-      `--key=${join(dir, 'sidecar-server.key')}`,
-    ]);
+    await createTlsSecret('later-tls');
     const resolved = await waitUntil('ResolvedRefs=True once the Secret is complete', async () => {
       const o = await backend();
       return condition(o, 'ResolvedRefs')?.status === 'True' && o;

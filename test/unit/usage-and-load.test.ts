@@ -57,14 +57,18 @@ describe('usage from responses', () => {
   });
 });
 
-describe('an SSE stream read chunk by chunk agrees with the whole stream read at once', () => {
-  // The tap counts events and finds the final usage without joining the stream's chunks; whatever
-  // the chunking, it must say what the whole text says.
-  let seed = 7;
-  const rand = (n: number) => {
+/** A deterministic integer in [0, n) per call, from `seed` (a linear congruential generator): same cases every run. */
+function seededRand(seed: number): (n: number) => number {
+  return (n) => {
     seed = (seed * 1103515245 + 12345) % 2 ** 31;
     return seed % n;
   };
+}
+
+describe('an SSE stream read chunk by chunk agrees with the whole stream read at once', () => {
+  // The tap counts events and finds the final usage without joining the stream's chunks; whatever
+  // the chunking, it must say what the whole text says.
+  const rand = seededRand(7);
   const events = [
     'data: {"choices":[{"delta":{"content":"tök"}}],"usage":null}\n\n',
     'data:{"choices":[{"delta":{"content":"no space"}}]}\r\n\r\n',
@@ -156,11 +160,7 @@ function wholeParseUsage(text: string): { inputTokens: number; outputTokens: num
 
 describe('usage of a JSON response read from its trailing usage object', () => {
   it('agrees with a whole parse on thousands of generated bodies, whatever their chunking', () => {
-    let seed = 42;
-    const rand = (n: number) => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed % n;
-    };
+    const rand = seededRand(42);
     const usages = [
       '{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}',
       '{"prompt_tokens": 7, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}}',

@@ -23,24 +23,32 @@ export function toStructural(schema: unknown): Json {
     if (typeof message === 'string' && typeof out.pattern === 'string') {
       // The pattern becomes a CEL rule whose message says what is wanted (common.ts PATTERN_MESSAGE).
       if (out.pattern.includes("'")) throw new Error(`pattern ${out.pattern} cannot be a CEL raw string`);
-      const rule = { rule: `self.matches(r'${out.pattern}')`, messageExpression: message };
-      const existing = Array.isArray(out['x-kubernetes-validations']) ? out['x-kubernetes-validations'] : [];
-      delete out.pattern;
-      out['x-kubernetes-validations'] = [rule, ...existing];
+      asRule(out, 'pattern', { rule: `self.matches(r'${out.pattern}')`, messageExpression: message });
     }
     const formatMessage = node[FORMAT_MESSAGE];
     if (typeof formatMessage === 'string' && typeof out.format === 'string') {
       // The format becomes a rule of Kubernetes' CEL format library with a message (common.ts FORMAT_MESSAGE).
       const name = CEL_FORMATS[out.format];
       if (!name) throw new Error(`format ${out.format} has no CEL format library counterpart here`);
-      const rule = { rule: `!format.${name}().validate(self).hasValue()`, messageExpression: formatMessage };
-      const existing = Array.isArray(out['x-kubernetes-validations']) ? out['x-kubernetes-validations'] : [];
-      delete out.format;
-      out['x-kubernetes-validations'] = [rule, ...existing];
+      asRule(out, 'format', {
+        rule: `!format.${name}().validate(self).hasValue()`,
+        messageExpression: formatMessage,
+      });
     }
     return out;
   };
   return walk(plain);
+}
+
+/** States a node's `keyword` as a CEL rule instead, placed before the node's own rules. */
+function asRule(
+  node: { [key: string]: Json },
+  keyword: 'pattern' | 'format',
+  rule: { rule: string; messageExpression: string },
+): void {
+  const existing = Array.isArray(node['x-kubernetes-validations']) ? node['x-kubernetes-validations'] : [];
+  delete node[keyword];
+  node['x-kubernetes-validations'] = [rule, ...existing];
 }
 
 export function crdName(def: KindDefinition): string {
