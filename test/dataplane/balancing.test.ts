@@ -82,25 +82,21 @@ async function untilScraped(
   expected: Record<string, ModelLoad>,
   maxMs = 15_000,
 ): Promise<void> {
-  const end = Date.now() + maxMs;
-  for (;;) {
-    const res = await request(plane.adminUrl + '/admin/backends', {
-      headers: { authorization: 'Bearer push-token-for-tests' },
-    });
-    const { backends } = (await res.body.json()) as { backends: BackendView[] };
-    const loads = Object.fromEntries(backends.flatMap((b) => b.endpoints).map((e) => [e.url, e.load]));
-    const match = Object.entries(expected).every(([url, l]) => {
-      const got = loads[url];
-      return got && got.waiting === l.waiting && got.running === l.running && got.kvCacheUsage === l.kv;
-    });
-    if (match) return;
-    if (Date.now() > end) {
-      throw new Error(
-        `scraped load not shown after ${maxMs} ms: want ${JSON.stringify(expected)}, saw ${JSON.stringify(loads)}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await until(
+    async () => {
+      const res = await request(plane.adminUrl + '/admin/backends', {
+        headers: { authorization: 'Bearer push-token-for-tests' },
+      });
+      const { backends } = (await res.body.json()) as { backends: BackendView[] };
+      const loads = Object.fromEntries(backends.flatMap((b) => b.endpoints).map((e) => [e.url, e.load]));
+      return Object.entries(expected).every(([url, l]) => {
+        const got = loads[url];
+        return got && got.waiting === l.waiting && got.running === l.running && got.kvCacheUsage === l.kv;
+      });
+    },
+    maxMs,
+    `the scraped load ${JSON.stringify(expected)} in the admin view`,
+  );
 }
 
 describe('balancing', () => {
