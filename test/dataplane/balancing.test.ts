@@ -10,6 +10,7 @@ import {
   backend,
   chat,
   cleanupList,
+  queueAwareBackend,
   snapshotFor,
   until,
   type PlaneOptions,
@@ -58,18 +59,6 @@ function metricsUpstream(name: string, load: Record<string, ModelLoad>): Promise
     }
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ upstream: name }));
-  });
-}
-
-function queueAwareBackend(id: string, urls: string[]): Backend {
-  return backend(id, urls, {
-    balancing: {
-      policy: 'QueueAware',
-      maxInflightPerEndpoint: 0,
-      maxQueue: 0,
-      queueTimeoutMs: 1000,
-      metricsPath: '/metrics',
-    },
   });
 }
 

@@ -38,6 +38,12 @@ export function backend(id: string, urls: string[], overrides: Partial<Backend> 
   };
 }
 
+/** `backend()` balanced by QueueAware: each pick uses the load the endpoints' model servers report on /metrics. */
+export function queueAwareBackend(id: string, urls: string[], overrides: Partial<Backend> = {}): Backend {
+  const b = backend(id, urls, overrides);
+  return { ...b, balancing: { ...b.balancing, policy: 'QueueAware' } };
+}
+
 export function tenant(id: string, overrides: Partial<Tenant> = {}): Tenant {
   return {
     id,
