@@ -6,14 +6,14 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant, until } from './harness.ts';
 
@@ -118,7 +118,7 @@ describe('metering of a data-plane process', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
     sim = await startSimulator({
       host: '127.0.0.1',
       port: 0,
@@ -230,7 +230,7 @@ describe('metering of streams', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
     sim = await startSimulator({
       host: '127.0.0.1',
       port: 0,
