@@ -10,6 +10,7 @@ import {
   backend,
   chat,
   cleanupList,
+  queueAwareBackend,
   snapshotFor,
   until,
   type PlaneOptions,
@@ -61,18 +62,6 @@ function metricsUpstream(name: string, load: Record<string, ModelLoad>): Promise
   });
 }
 
-function queueAwareBackend(id: string, urls: string[]): Backend {
-  return backend(id, urls, {
-    balancing: {
-      policy: 'QueueAware',
-      maxInflightPerEndpoint: 0,
-      maxQueue: 0,
-      queueTimeoutMs: 1000,
-      metricsPath: '/metrics',
-    },
-  });
-}
-
 /**
  * Waits (bounded) until the admin view shows, for every endpoint URL given, the load its model server
  * reports: the data plane has scraped and stored it, so the next pick uses it.
@@ -82,25 +71,21 @@ async function untilScraped(
   expected: Record<string, ModelLoad>,
   maxMs = 15_000,
 ): Promise<void> {
-  const end = Date.now() + maxMs;
-  for (;;) {
-    const res = await request(plane.adminUrl + '/admin/backends', {
-      headers: { authorization: 'Bearer push-token-for-tests' },
-    });
-    const { backends } = (await res.body.json()) as { backends: BackendView[] };
-    const loads = Object.fromEntries(backends.flatMap((b) => b.endpoints).map((e) => [e.url, e.load]));
-    const match = Object.entries(expected).every(([url, l]) => {
-      const got = loads[url];
-      return got && got.waiting === l.waiting && got.running === l.running && got.kvCacheUsage === l.kv;
-    });
-    if (match) return;
-    if (Date.now() > end) {
-      throw new Error(
-        `scraped load not shown after ${maxMs} ms: want ${JSON.stringify(expected)}, saw ${JSON.stringify(loads)}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await until(
+    async () => {
+      const res = await request(plane.adminUrl + '/admin/backends', {
+        headers: { authorization: 'Bearer push-token-for-tests' },
+      });
+      const { backends } = (await res.body.json()) as { backends: BackendView[] };
+      const loads = Object.fromEntries(backends.flatMap((b) => b.endpoints).map((e) => [e.url, e.load]));
+      return Object.entries(expected).every(([url, l]) => {
+        const got = loads[url];
+        return got && got.waiting === l.waiting && got.running === l.running && got.kvCacheUsage === l.kv;
+      });
+    },
+    maxMs,
+    `the scraped load ${JSON.stringify(expected)} in the admin view`,
+  );
 }
 
 describe('balancing', () => {

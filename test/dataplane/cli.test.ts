@@ -3,12 +3,12 @@
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMigrations } from '../../dataplane/metering/migrate.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { EXIT } from '../../operator/cli/command.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { quietLogger } from './harness.ts';
 import { runCliCaptured } from '../fixtures/cli.ts';
 
@@ -25,7 +25,7 @@ describe('gpugate CLI with the usage database', () => {
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'gpugate-cli-db-'));
     cpSync(EXAMPLES, join(dir, 'examples'), { recursive: true });
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
   });
   afterAll(async () => {
     await pool?.end();

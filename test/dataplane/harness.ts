@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { pino } from 'pino';
 import { generateApiKey, hashApiKey, keyPrefix } from '../../dataplane/auth/keys.ts';
+import type { Readiness } from '../../dataplane/admin/readiness.ts';
 import { contentRevision } from '../../dataplane/config/revision.ts';
 import type { ApiKey, Backend, Settings, Snapshot, Tenant } from '../../dataplane/config/snapshot.ts';
 import type { UsageEvent, UsageSink } from '../../dataplane/metering/usage.ts';
@@ -36,6 +37,12 @@ export function backend(id: string, urls: string[], overrides: Partial<Backend> 
     registration: null,
     ...overrides,
   };
+}
+
+/** `backend()` balanced by QueueAware: each pick uses the load the endpoints' model servers report on /metrics. */
+export function queueAwareBackend(id: string, urls: string[], overrides: Partial<Backend> = {}): Backend {
+  const b = backend(id, urls, overrides);
+  return { ...b, balancing: { ...b.balancing, policy: 'QueueAware' } };
 }
 
 export function tenant(id: string, overrides: Partial<Tenant> = {}): Tenant {
@@ -250,6 +257,12 @@ export async function metric(plane: { adminUrl: string }, sample: string): Promi
   const res = await fetch(plane.adminUrl + '/metrics');
   const found = (await res.text()).split('\n').find((l) => l.startsWith(sample + ' '));
   return found ? Number(found.slice(sample.length + 1)) : 0;
+}
+
+/** A data plane's /readyz: its status code and the checks with their reasons. */
+export async function readyz(plane: { adminUrl: string }): Promise<{ status: number; body: Readiness }> {
+  const res = await fetch(`${plane.adminUrl}/readyz`);
+  return { status: res.status, body: (await res.json()) as Readiness };
 }
 
 export function chat(model: string, extra: Record<string, unknown> = {}): string {

@@ -13,6 +13,7 @@ import {
   chat,
   cleanupList,
   metric,
+  queueAwareBackend,
   snapshotFor,
   startUpstream,
   until,
@@ -148,14 +149,7 @@ describe('health', () => {
       res.end(payload);
     });
     const plane = await planeWith(
-      backend('ns/huge', [up.url], {
-        balancing: {
-          policy: 'QueueAware',
-          maxInflightPerEndpoint: 0,
-          maxQueue: 0,
-          queueTimeoutMs: 1000,
-          metricsPath: '/metrics',
-        },
+      queueAwareBackend('ns/huge', [up.url], {
         healthCheck: {
           path: '/health',
           intervalMs: 30,

@@ -1,12 +1,12 @@
 // The scheduled maintenance against real Postgres: partitions ahead, retention of raw usage events,
 // expired async-task records, expired quota leases and old settlement records, each job run by one
 // replica per interval however many try at once.
-import pg from 'pg';
+import type pg from 'pg';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMaintenance, type JobRun, type Maintenance } from '../../dataplane/metering/maintenance.ts';
 import { addUtcDays, ensureUsagePartitions, migrate, utcDay } from '../../dataplane/metering/migrate.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 
 describe('scheduled maintenance', () => {
   const db = useTestDatabase();
@@ -15,8 +15,7 @@ describe('scheduled maintenance', () => {
   const replicas: Maintenance[] = [];
 
   beforeAll(async () => {
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pool.on('error', () => undefined);
+    pool = suitePool(db, 2);
     await migrate(pool);
   });
   afterAll(async () => {
@@ -26,8 +25,7 @@ describe('scheduled maintenance', () => {
   });
 
   function replica(retentionDays: number): Maintenance {
-    const own = new pg.Pool({ connectionString: db.url, max: 2 });
-    own.on('error', () => undefined);
+    const own = suitePool(db, 2);
     pools.push(own);
     // tickMs 0: no timer, the test ticks.
     const m = createMaintenance({

@@ -6,16 +6,16 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
-import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant } from './harness.ts';
+import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant, until } from './harness.ts';
 
 const db = useTestDatabase();
 /** The data plane's metering flush interval (createMeteringWriter's default, which main.ts uses). */
@@ -118,7 +118,7 @@ describe('metering of a data-plane process', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
     sim = await startSimulator({
       host: '127.0.0.1',
       port: 0,
@@ -183,12 +183,12 @@ describe('metering of a data-plane process', () => {
     await served(load, SERVED_BEFORE_SIGNAL);
     // The writer flushes while the load runs: Postgres catches up with that many served requests before
     // the kill (counted, bounded), which a writer that stopped flushing would never do.
-    const deadline = Date.now() + LOAD_DEADLINE_MS;
     let storedBeforeKill = 0;
-    while (storedBeforeKill < SERVED_BEFORE_SIGNAL && Date.now() < deadline) {
-      storedBeforeKill = (await storedOf(load.ok)).size;
-      if (storedBeforeKill < SERVED_BEFORE_SIGNAL) await new Promise((r) => setTimeout(r, 20));
-    }
+    await until(
+      async () => (storedBeforeKill = (await storedOf(load.ok)).size) >= SERVED_BEFORE_SIGNAL,
+      LOAD_DEADLINE_MS,
+      'events stored while the load ran',
+    );
     expect(storedBeforeKill, 'events stored while the load ran').toBeGreaterThanOrEqual(SERVED_BEFORE_SIGNAL);
     // Some traffic after that catch-up, so that the kill usually finds unflushed events to lose.
     await served(load, load.ok.size + 2 * CONCURRENCY);
@@ -230,7 +230,7 @@ describe('metering of streams', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
     sim = await startSimulator({
       host: '127.0.0.1',
       port: 0,

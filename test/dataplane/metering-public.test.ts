@@ -1,14 +1,14 @@
 // Requests to public routes (no credentials) are metered under the pseudo-tenant PUBLIC_TENANT,
 // through the real request path and the metering writer into real Postgres; a request refused for
 // missing credentials on a private route is not (it never reached admission).
-import pg from 'pg';
+import type pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { PUBLIC_TENANT } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import {
   apiKey,
   backend,
@@ -30,7 +30,7 @@ describe('metering of public routes', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pool = suitePool(db, 2);
     upstream = await startUpstream('public-up');
     writer = createMeteringWriter({ pool, logger: quietLogger, flushIntervalMs: 50 });
     plane = await startPlane({ usageSink: writer });

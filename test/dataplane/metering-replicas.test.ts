@@ -1,7 +1,7 @@
 // Three data-plane replicas' worth of metering (each its own pool, writer and quota manager) sharing
 // one tenant quota: 10,000 requests, costs that differ from their estimates both ways. Whole
 // data-plane processes (SIGTERM, SIGKILL) are covered once the request path is integrated.
-import pg from 'pg';
+import type pg from 'pg';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../dataplane/config/snapshot.ts';
@@ -62,7 +62,7 @@ describe('three replicas sharing one tenant quota', () => {
     admin = suitePool(db, 2);
     await migrate(admin);
     replicas = [0, 1, 2].map(() => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+      const pool = suitePool(db, 3);
       const registry = new Registry();
       return {
         registry,

@@ -10,6 +10,7 @@ import type { UsageEvent } from '../../dataplane/metering/usage.ts';
 import { createMeteringWriter } from '../../dataplane/metering/writer.ts';
 import { freePort, startEmbeddedPostgres } from '../../operator/standalone/postgres.ts';
 import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
+import { until } from './harness.ts';
 
 let seq = 0;
 function usageEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
@@ -204,7 +205,7 @@ describe('metering writer', () => {
     for (let i = 0; i < 15; i++) writer.record(usageEvent());
     expect(writer.depth()).toBe(100);
     // The first flush attempt fails (connection refused): waited for (bounded), not assumed within 50 ms.
-    for (let i = 0; i < 1500 && writer.isHealthy(); i++) await new Promise((r) => setTimeout(r, 20));
+    await until(() => !writer.isHealthy(), 30_000, 'a failed flush');
     expect(writer.isHealthy()).toBe(false);
     expect(await metric(registry, 'gpugate_metering_dropped_events_total')).toBe(5);
     expect(await metric(registry, 'gpugate_metering_buffer_events')).toBe(100);
@@ -245,7 +246,7 @@ describe('metering writer across a Postgres restart', () => {
       await server.stop();
       await produce(2000); // Postgres is down: buffered
       // A flush fails once its attempt runs; waited for (bounded), not assumed within a fixed delay.
-      for (let i = 0; i < 1500 && writer.isHealthy(); i++) await new Promise((r) => setTimeout(r, 20));
+      await until(() => !writer.isHealthy(), 30_000, 'a failed flush');
       expect(writer.isHealthy()).toBe(false);
       const buffered = writer.depth();
       server = await startEmbeddedPostgres({ dataDir: join(dir, 'data'), port: server.port });

@@ -4,7 +4,6 @@
 import pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Readiness } from '../../dataplane/admin/readiness.ts';
 import { createMeteringWriter, type MeteringWriter } from '../../dataplane/metering/writer.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import {
@@ -12,17 +11,13 @@ import {
   backend,
   chat,
   quietLogger,
+  readyz,
   snapshot,
   startPlane,
   startUpstream,
   tenant,
   type Upstream,
 } from './harness.ts';
-
-async function readyz(plane: DataPlane): Promise<{ status: number; body: Readiness }> {
-  const res = await request(`${plane.adminUrl}/readyz`);
-  return { status: res.statusCode, body: (await res.body.json()) as Readiness };
-}
 
 async function send(plane: DataPlane, secret: string): Promise<number> {
   const res = await request(`${plane.url}/v1/chat/completions`, {

@@ -3,12 +3,11 @@
 // stored in Postgres, a tenant's credit quota enforced, and Ctrl-C stopping everything.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateApiKey } from '../../dataplane/auth/keys.ts';
 import { freePort } from '../../operator/standalone/postgres.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { standaloneEnv, startStandalone, waitFor, type StandaloneProcess } from '../fixtures/standalone.ts';
 
 const db = useTestDatabase();
@@ -102,7 +101,7 @@ describe('standalone mode (make run)', () => {
   });
 
   it('records usage in Postgres', async () => {
-    const pool = new pg.Pool({ connectionString: db.url });
+    const pool = suitePool(db, 1);
     try {
       await waitFor('usage rows', async () => {
         const { rows } = await pool.query<{ n: string }>('SELECT count(*) AS n FROM usage_events');
@@ -133,7 +132,7 @@ describe('standalone mode (make run)', () => {
     expect(error.code).toBe('quota_exceeded');
     const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
     expect(error.message).toContain(tomorrow);
-    const pool = new pg.Pool({ connectionString: db.url });
+    const pool = suitePool(db, 1);
     try {
       await waitFor('the 2 credits settled in Postgres', async () => {
         const { rows } = await pool.query<{ used: number }>(
@@ -167,7 +166,7 @@ describe('standalone mode (make run)', () => {
     expect(sa.exitCode()).toBe(0);
     // Stopped in order: leases settled and returned and usage flushed while Postgres was still up.
     expect(sa.out()).toContain('usage flushed');
-    const pool = new pg.Pool({ connectionString: db.url });
+    const pool = suitePool(db, 1);
     try {
       const leases = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM quota_leases');
       expect(leases.rows[0]!.n).toBe(0);

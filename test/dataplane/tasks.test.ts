@@ -6,14 +6,14 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { migrate } from '../../dataplane/metering/migrate.ts';
 import { createTaskStore } from '../../dataplane/metering/tasks.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { startDataPlaneProcess, type DataPlaneProcess } from '../fixtures/processes.ts';
 import { apiKey, backend, snapshot, startPlane, tenant } from './harness.ts';
 
@@ -112,8 +112,7 @@ describe('async task affinity across replicas', () => {
     const snap = taskSnapshot(sims, [acme, globex]);
     const planes: DataPlane[] = [];
     for (let i = 0; i < 2; i++) {
-      const pool = new pg.Pool({ connectionString: db.url, max: 2 });
-      pool.on('error', () => undefined);
+      const pool = suitePool(db, 2);
       pools.push(pool);
       if (i === 0) await migrate(pool);
       const plane = await startPlane({ taskStore: createTaskStore({ pool }) });
@@ -173,7 +172,7 @@ describe('async task affinity across two data-plane processes', () => {
     await followFromOtherReplica(b.url, a.url, globex.secret);
     await refuseOthers(a.url, b.url, acme.secret, globex.secret);
     // The record other processes find is in Postgres, written by the accepting process.
-    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    const pool = suitePool(db, 1);
     try {
       const { rows } = await pool.query<{ n: number }>(
         `SELECT count(*)::int AS n FROM async_tasks WHERE backend = 'ns/upscale'`,

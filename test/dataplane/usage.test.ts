@@ -1,6 +1,6 @@
 // Reading usage: GET /v1/usage for the caller's own tenant and key, the admin usage view and
 // top-ups on the admin port, against real Postgres, the metering writer and the GPU simulator.
-import pg from 'pg';
+import type pg from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../dataplane/metering/migrate.ts';
@@ -14,7 +14,7 @@ import {
   topUp,
   usageReport,
 } from '../../dataplane/usage/queries.ts';
-import { useTestDatabase } from '../fixtures/postgres.ts';
+import { suitePool, useTestDatabase } from '../fixtures/postgres.ts';
 import { startSimulator, type Simulator } from '../fixtures/gpusim/index.ts';
 import { apiKey, backend, chat, quietLogger, snapshot, startPlane, tenant } from './harness.ts';
 
@@ -32,7 +32,7 @@ describe('usage API', () => {
 
   beforeAll(async () => {
     await migrate(db.url);
-    pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    pool = suitePool(db, 4);
     sim = await startSimulator({
       host: '127.0.0.1',
       port: 0,

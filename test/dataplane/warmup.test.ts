@@ -8,19 +8,22 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Readiness } from '../../dataplane/admin/readiness.ts';
 import type { DataPlane } from '../../dataplane/server.ts';
 import { warmUp, warmupOptions, WarmupConfigError } from '../../dataplane/warmup.ts';
 import { startDataPlaneProcess, startProcess } from '../fixtures/processes.ts';
-import { apiKey, backend, chat, cleanupList, MemorySink, snapshotFor, type Upstream } from './harness.ts';
+import {
+  apiKey,
+  backend,
+  chat,
+  cleanupList,
+  MemorySink,
+  readyz,
+  snapshotFor,
+  type Upstream,
+} from './harness.ts';
 
 const cleanups = cleanupList();
 afterEach(() => cleanups.close());
-
-async function readyz(plane: { adminUrl: string }): Promise<{ status: number; body: Readiness }> {
-  const res = await request(`${plane.adminUrl}/readyz`);
-  return { status: res.statusCode, body: (await res.body.json()) as Readiness };
-}
 
 async function metricsText(plane: DataPlane): Promise<string> {
   const res = await request(`${plane.adminUrl}/metrics`);

@@ -138,20 +138,6 @@ interface AttemptLine {
   retryInMs?: number;
 }
 
-/** The data plane's bootstrap log lines with this msg, in order. */
-function attemptLines(p: DataPlaneProcess, msg: string): AttemptLine[] {
-  const out: AttemptLine[] = [];
-  for (const l of p.log().split('\n')) {
-    if (!l.includes(`"msg":${JSON.stringify(msg)}`)) continue;
-    try {
-      out.push(JSON.parse(l) as AttemptLine);
-    } catch {
-      /* a line still being written */
-    }
-  }
-  return out;
-}
-
 describe('operator away', () => {
   it('operator killed: a data plane keeps serving its last snapshot; one started meanwhile stays unready (503) until the operator returns', async () => {
     const sim = await startSimulator({
@@ -190,7 +176,7 @@ describe('operator away', () => {
       // loaded machine keeps it away a little longer instead (bounded). The late plane's failed attempts
       // are counted too, until its backoff has reached the cap.
       const startedDuring = () => load.outcomes.filter((o) => o.startedAt > killedAt);
-      const unreachable = () => attemptLines(late, 'operator unreachable; retrying');
+      const unreachable = () => late.lines<AttemptLine>('operator unreachable; retrying');
       await eventually(() => startedDuring().length > 20, 30_000);
       await eventually(() => unreachable().length >= FAILED_ATTEMPTS, 30_000);
       const lateReady = await status(late.adminUrl + '/readyz');
